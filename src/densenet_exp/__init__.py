@@ -1,0 +1,56 @@
+"""densenet_exp: train and compare DenseNet image classifiers, from one CPU to many GPUs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["__version__", "train"]
+
+
+def _run_dir_from_hydra() -> Path | None:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            return Path(HydraConfig.get().runtime.output_dir)
+    except Exception:  # not under Hydra
+        return None
+    return None
+
+
+def train(cfg: Any, run_dir: str | Path | None = None) -> dict[str, Any]:
+    """Run one training job on every rank it asks for and return rank 0's final metrics.
+
+    ``cfg`` is the composed config (DictConfig or nested dicts). The run directory defaults to
+    Hydra's output directory. With ``dist.nproc_per_node`` > 1 (or several nodes) the ranks are
+    started here with torch's elastic launcher; under an external ``torchrun`` this process is
+    already one rank and trains as such.
+    """
+    from omegaconf import DictConfig, OmegaConf
+
+    from . import distributed as du
+    from .engine import run_rank
+
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    run_dir = Path(run_dir) if run_dir is not None else _run_dir_from_hydra()
+    if run_dir is None:
+        raise ValueError("train(cfg) needs run_dir when called outside a Hydra app")
+    run_dir = run_dir.resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = du.resolve_device(cfg["trainer"]["device"])
+    nproc = du.nproc_per_node(cfg["dist"], device)
+    if du.under_external_launcher() or (nproc == 1 and int(cfg["dist"]["nnodes"]) == 1):
+        return run_rank(cfg, str(run_dir))
+    _prepare_data_once(cfg)
+    return du.launch(run_rank, (cfg, str(run_dir)), cfg["dist"], nproc, device)
+
+
+def _prepare_data_once(cfg: dict[str, Any]) -> None:
+    """Write the embedded data set before ranks start, so they don't all race to build it."""
+    if cfg["data"]["name"] == "digits":
+        from .data.digits import ensure_digits
+
+        ensure_digits(cfg["data"]["root"])

@@ -1,0 +1,275 @@
+"""Typed schema of the config tree.
+
+Every group of ``conf/`` merges into one of these dataclasses, so a misspelled key or enum value
+fails when Hydra composes the config, before any work starts. The enums are the valid choices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+class Stem(str, Enum):
+    imagenet = "imagenet"  # 7x7/s2 conv + 3x3/s2 max-pool (ImageNet DenseNets)
+    cifar = "cifar"  # one 3x3/s1 conv (DenseNet-BC for small images)
+
+
+class ConvType(str, Enum):
+    standard = "standard"
+    dsconv = "dsconv"
+
+
+class ActName(str, Enum):
+    relu = "relu"
+    swish = "swish"
+    prelu = "prelu"
+    gelu = "gelu"
+    mish = "mish"
+
+
+class OptLevel(str, Enum):
+    O0 = "O0"
+    O1 = "O1"
+    O2 = "O2"
+    O3 = "O3"
+
+
+class AmpDtype(str, Enum):
+    auto = "auto"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+
+
+class AmpBackend(str, Enum):
+    native = "native"
+    apex = "apex"
+
+
+class InitName(str, Enum):
+    kaiming = "kaiming"
+    xavier = "xavier"
+    orthogonal = "orthogonal"
+    default = "default"
+
+
+class InitMode(str, Enum):
+    fan_in = "fan_in"
+    fan_out = "fan_out"
+
+
+class InitDistribution(str, Enum):
+    normal = "normal"
+    uniform = "uniform"
+
+
+class DataName(str, Enum):
+    digits = "digits"
+    imagefolder = "imagefolder"
+    synthetic = "synthetic"
+
+
+class Augment(str, Enum):
+    none = "none"
+    light = "light"  # small affine jitter, no flips: safe for digits and text
+    imagenet = "imagenet"  # RandomResizedCrop + horizontal flip
+
+
+class OnBadImage(str, Enum):
+    skip = "skip"
+    error = "error"
+
+
+class OptimName(str, Enum):
+    sgd = "sgd"
+    adamw = "adamw"
+
+
+class SchedName(str, Enum):
+    cos = "cos"
+    poly = "poly"
+    step = "step"
+    multistep = "multistep"
+    constant = "constant"
+
+
+class DeviceName(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class LossName(str, Enum):
+    ce = "ce"
+    focal = "focal"
+
+
+class DistBackend(str, Enum):
+    auto = "auto"
+    nccl = "nccl"
+    gloo = "gloo"
+
+
+@dataclass
+class ModelConfig:
+    name: str = "densenet_bc_digits"
+    growth_rate: int = 12
+    block_config: list[int] = field(default_factory=lambda: [4, 4, 4])
+    num_init_features: int = 24
+    bn_size: int = 4
+    compression: float = 0.5
+    drop_rate: float = 0.0
+    stem: Stem = Stem.cifar
+    memory_efficient: bool = False
+    num_classes: Optional[int] = None  # null: the number of classes found in the data
+    pretrained: Optional[str] = None  # a local torchvision-format state-dict file
+
+
+@dataclass
+class ConvConfig:
+    type: ConvType = ConvType.standard
+    kernel_size: int = 3
+    dilation: int = 1
+    inner_bn: bool = True  # BN between depthwise and pointwise (dsconv only)
+
+
+@dataclass
+class ActConfig:
+    name: ActName = ActName.relu
+    prelu_init: float = 0.25
+    prelu_per_channel: bool = False
+
+
+@dataclass
+class AmpConfig:
+    opt_level: OptLevel = OptLevel.O0
+    dtype: AmpDtype = AmpDtype.auto
+    keep_batchnorm_fp32: Optional[bool] = None  # null: the level's default
+    master_weights: Optional[bool] = None  # null: the level's default
+    loss_scale: Optional[str] = None  # null: the level's default; "dynamic" or a number
+    backend: AmpBackend = AmpBackend.native
+
+
+@dataclass
+class InitConfig:
+    name: InitName = InitName.kaiming
+    mode: InitMode = InitMode.fan_in
+    distribution: InitDistribution = InitDistribution.normal
+
+
+@dataclass
+class DataConfig:
+    name: DataName = DataName.digits
+    root: Optional[str] = None  # digits: cache folder (null: ~/.cache/densenet_exp/digits)
+    train_dir: str = "train"
+    val_dir: str = "val"
+    val_split: float = 0.2
+    image_size: int = 32
+    batch_size: int = 64  # per rank
+    num_workers: int = 0
+    pin_memory: bool = True
+    persistent_workers: bool = True
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    augment: Augment = Augment.light
+    eval_crop_ratio: float = 1.0  # eval: resize to image_size / ratio, then center-crop image_size
+    shuffle: bool = True
+    on_bad_image: OnBadImage = OnBadImage.skip
+    split_seed: int = 0  # fixed seed of the train/val split when there is no val folder
+    # data=synthetic only: random images with a class-dependent signal
+    synthetic_train_size: int = 256
+    synthetic_val_size: int = 64
+    synthetic_classes: int = 10
+
+
+@dataclass
+class OptimConfig:
+    name: OptimName = OptimName.sgd
+    lr: float = 0.1
+    momentum: float = 0.9  # sgd
+    nesterov: bool = True  # sgd
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw
+    weight_decay: float = 1e-4
+    no_decay_norm_bias: bool = True  # no weight decay on norm, bias and PReLU parameters
+
+
+@dataclass
+class SchedConfig:
+    name: SchedName = SchedName.cos
+    warmup_epochs: float = 0.0
+    min_lr_ratio: float = 0.0  # cos/poly: final lr as a fraction of optim.lr
+    power: float = 0.9  # poly
+    step_size: int = 30  # step: epochs between decays
+    milestones: list[int] = field(default_factory=lambda: [30, 60, 90])  # multistep: epochs
+    gamma: float = 0.1  # step, multistep
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 20
+    max_steps: Optional[int] = None  # stop after this many optimizer steps (null: epochs decide)
+    device: DeviceName = DeviceName.auto
+    seed: int = 42
+    deterministic: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    grad_accum: int = 1
+    grad_clip: Optional[float] = None  # max global grad norm (null: no clipping)
+    loss: LossName = LossName.ce
+    focal_gamma: float = 2.0
+    label_smoothing: float = 0.0
+    ema: Optional[float] = None  # EMA decay of the weights, e.g. 0.999 (null: off)
+    eval_every: int = 1  # epochs
+    ckpt_every_n_steps: int = 0  # 0: only at the end of each epoch
+    resume: Optional[str] = None  # null, "auto" (this run dir's last.pt) or a checkpoint path
+    progress: bool = True
+    log_every_n_steps: int = 50
+    max_nonfinite_steps: int = 5  # stop after this many consecutive steps with a non-finite loss
+
+
+@dataclass
+class DistConfig:
+    nproc_per_node: str = "auto"  # "auto": one rank per visible GPU, or 1 on CPU
+    nnodes: int = 1
+    node_rank: Optional[int] = None  # informational for static launches; rendezvous assigns ranks
+    rdzv_endpoint: str = "localhost:0"
+    rdzv_id: str = "densenet_exp"
+    backend: DistBackend = DistBackend.auto
+    timeout_s: int = 300
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    conv: ConvConfig = field(default_factory=ConvConfig)
+    act: ActConfig = field(default_factory=ActConfig)
+    amp: AmpConfig = field(default_factory=AmpConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+    sync_bn: bool = False
+
+
+def register_configs() -> None:
+    """Register the schema so ``conf/config.yaml`` can name it first in its defaults list."""
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+
+
+register_configs()
+
+
+def config_dir() -> Path:
+    """The ``conf/`` tree: packaged next to the code in a wheel, at the repo root in a checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parents[1] / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"config tree not found next to {here} or at the repository root")

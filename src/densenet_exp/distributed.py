@@ -1,0 +1,175 @@
+"""Starting ranks, process groups, reductions and rank-0 helpers.
+
+One Hydra process per job owns the output directory. It either runs the job in-process (one rank,
+or one rank of an external ``torchrun``) or starts ``dist.nproc_per_node`` ranks with torch's
+elastic launcher (c10d rendezvous, no restarts) and returns rank 0's result.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    local_world_size: int = 1
+    device: torch.device = torch.device("cpu")
+    backend: str | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("trainer.device=cuda but no CUDA GPU is visible; use auto or cpu")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"unknown trainer.device {name!r}; valid choices: auto, cpu, cuda")
+    return torch.device(name)
+
+
+def nproc_per_node(dist_cfg: dict[str, Any], device: torch.device) -> int:
+    """``auto``: one rank per visible GPU on CUDA, one rank on CPU."""
+    value = str(dist_cfg["nproc_per_node"]).strip()
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    if value == "auto":
+        return max(1, gpus)
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValueError(
+            f"dist.nproc_per_node must be 'auto' or a positive integer, got {value!r}"
+        ) from None
+    if n < 1:
+        raise ValueError(f"dist.nproc_per_node must be >= 1, got {n}")
+    if device.type == "cuda" and n > gpus:
+        raise ValueError(
+            f"dist.nproc_per_node={n} but only {gpus} GPU(s) are visible: one rank per GPU "
+            "(use trainer.device=cpu for more CPU ranks)"
+        )
+    return n
+
+
+def under_external_launcher() -> bool:
+    """True inside torchrun/SLURM-style launches that already set the rank variables."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
+
+
+def backend_for(device: torch.device, requested: str) -> str:
+    if requested == "auto":
+        return "nccl" if device.type == "cuda" else "gloo"
+    if requested == "nccl" and device.type != "cuda":
+        raise ValueError("dist.backend=nccl needs CUDA; use gloo (or auto) on CPU")
+    return requested
+
+
+def setup(dist_cfg: dict[str, Any], device_name: str) -> DistContext:
+    """Join the process group from the environment (set by torchrun or our launcher)."""
+    device = resolve_device(device_name)
+    if not under_external_launcher() or int(os.environ["WORLD_SIZE"]) == 1:
+        return DistContext(device=device)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ["LOCAL_RANK"])
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    if device.type == "cuda":
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        # ranks on one machine share its cores; torch would otherwise give each all of them
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    backend = backend_for(device, str(dist_cfg["backend"]))
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend,
+            timeout=datetime.timedelta(seconds=int(dist_cfg["timeout_s"])),
+            device_id=device if device.type == "cuda" else None,
+        )
+    return DistContext(rank, local_rank, world, local_world, device, backend)
+
+
+def cleanup() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+    return t
+
+
+def average_buffers(model: torch.nn.Module) -> None:
+    """Average BN running stats across ranks (timm's ``distribute_bn``) so rank 0's are global."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    world = dist.get_world_size()
+    for name, buf in model.named_buffers():
+        if ("running_mean" in name or "running_var" in name) and buf.is_floating_point():
+            dist.all_reduce(buf)
+            buf.div_(world)
+
+
+def barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def launch(
+    entry: Callable[..., Any],
+    args: tuple[Any, ...],
+    dist_cfg: dict[str, Any],
+    nproc: int,
+    device: torch.device,
+) -> Any:
+    """Run ``entry(*args)`` on ``nproc`` local ranks (and ``dist.nnodes`` machines).
+
+    Uses ``torch.distributed.launcher.api`` (the library behind torchrun) with c10d rendezvous and
+    no restarts, and returns the local rank 0 return value. A failing rank fails the launch with
+    that rank's error (``ChildFailedError``).
+    """
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    nnodes = int(dist_cfg["nnodes"])
+    endpoint = str(dist_cfg["rdzv_endpoint"])
+    if nnodes > 1 and endpoint.endswith(":0"):
+        raise ValueError(
+            f"dist.nnodes={nnodes} needs dist.rdzv_endpoint=HOST:PORT reachable from every node "
+            f"(got {endpoint!r})"
+        )
+    if device.type == "cpu":
+        # LaunchConfig, unlike torchrun, leaves OMP_NUM_THREADS alone: split the cores
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    config = LaunchConfig(
+        min_nodes=nnodes,
+        max_nodes=nnodes,
+        nproc_per_node=nproc,
+        run_id=str(dist_cfg["rdzv_id"]),
+        rdzv_backend="c10d",  # LaunchConfig's default is etcd
+        rdzv_endpoint=endpoint,
+        rdzv_configs={"join_timeout": int(dist_cfg["timeout_s"])},
+        max_restarts=0,  # LaunchConfig's default is 3
+        monitor_interval=0.2,
+        start_method="spawn",
+    )
+    results = elastic_launch(config, entry)(*args)
+    return results.get(0) if results else None

@@ -1,0 +1,87 @@
+"""The DenseNet family and ``build_model`` from a composed config."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from torch import nn
+
+from .densenet import (
+    DenseNet,
+    densenet121,
+    densenet161,
+    densenet169,
+    densenet201,
+    densenet264,
+    densenet_bc,
+    load_pretrained,
+)
+from .layers import count_parameters
+
+__all__ = [
+    "DenseNet",
+    "build_model",
+    "count_parameters",
+    "densenet121",
+    "densenet161",
+    "densenet169",
+    "densenet201",
+    "densenet264",
+    "densenet_bc",
+    "load_pretrained",
+]
+
+log = logging.getLogger(__name__)
+
+
+def _plain(node: Any) -> dict[str, Any]:
+    """A config node (DictConfig or dict) as a plain dict with enum values as strings."""
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(node, DictConfig):
+            node = OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    return {k: (v.value if hasattr(v, "value") else v) for k, v in dict(node).items()}
+
+
+def build_model(cfg: Any, num_classes: int | None = None) -> nn.Module:
+    """Build the network described by ``cfg.model``, ``cfg.conv``, ``cfg.act`` and ``cfg.init``.
+
+    ``num_classes`` (from the data) is used when ``cfg.model.num_classes`` is null; when both are
+    given they must agree.
+    """
+    m = _plain(cfg["model"])
+    configured = m.get("num_classes")
+    if configured is not None and num_classes is not None and configured != num_classes:
+        raise ValueError(
+            f"model.num_classes={configured} but the data has {num_classes} classes; "
+            "set model.num_classes=null to take it from the data"
+        )
+    n_cls = configured if configured is not None else num_classes
+    if n_cls is None:
+        raise ValueError("model.num_classes is null and no class count came from the data")
+    model = DenseNet(
+        growth_rate=m["growth_rate"],
+        block_config=tuple(m["block_config"]),
+        num_init_features=m["num_init_features"],
+        bn_size=m["bn_size"],
+        compression=m["compression"],
+        drop_rate=m["drop_rate"],
+        num_classes=n_cls,
+        stem=m["stem"],
+        memory_efficient=m["memory_efficient"],
+        act=_plain(cfg["act"]),
+        conv=_plain(cfg["conv"]),
+        init=_plain(cfg["init"]),
+    )
+    if m.get("pretrained"):
+        replaced = load_pretrained(model, m["pretrained"])
+        log.info(
+            "loaded pretrained weights from %s%s",
+            m["pretrained"],
+            f" (new classifier for {n_cls} classes)" if replaced else "",
+        )
+    return model

@@ -1,0 +1,311 @@
+"""DenseNet (Huang et al., 2017) with swappable conv, activation and init.
+
+The structure and parameter names follow torchvision's ``models/densenet.py`` so its weights load:
+``features.{conv0,norm0,pool0,denseblockN,transitionN,norm5}`` and ``classifier``. Activations are
+modules named ``act*`` (one per position), which only matters for PReLU, the one with parameters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from torch import Tensor, nn
+
+from .init import init_weights
+from .layers import act_factory, make_conv
+
+ActFactory = Callable[..., nn.Module]
+
+
+@contextlib.contextmanager
+def _frozen_bn_stats(module: nn.Module) -> Iterator[None]:
+    """Recomputation in backward must not update BN running stats a second time.
+
+    A momentum of 0 leaves running_mean/var unchanged while still normalising with batch stats,
+    so the memory-efficient model's running stats equal the plain model's.
+    """
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m, m.momentum, m.num_batches_tracked.clone()) for m in bns if m.track_running_stats]
+    for m, _, _ in saved:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum, tracked in saved:
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(tracked)
+
+
+class _DenseLayer(nn.Module):
+    """BN-act-1x1 conv (bottleneck to bn_size*k) then BN-act-3x3 conv to k new feature maps."""
+
+    def __init__(
+        self,
+        num_input_features: int,
+        growth_rate: int,
+        bn_size: int,
+        drop_rate: float,
+        memory_efficient: bool,
+        act: ActFactory,
+        conv: dict[str, Any],
+    ) -> None:
+        super().__init__()
+        width = bn_size * growth_rate
+        self.norm1 = nn.BatchNorm2d(num_input_features)
+        self.act1 = act(num_input_features, inplace=True)
+        self.conv1 = nn.Conv2d(num_input_features, width, kernel_size=1, bias=False)
+        self.norm2 = nn.BatchNorm2d(width)
+        self.act2 = act(width, inplace=True)
+        self.conv2 = make_conv(width, growth_rate, **conv)
+        self.drop_rate = float(drop_rate)
+        self.memory_efficient = memory_efficient
+
+    def bottleneck(self, *inputs: Tensor) -> Tensor:
+        """concat -> BN -> act -> 1x1 conv -> BN -> act: the part whose activations grow with depth."""
+        x = torch.cat(inputs, 1) if len(inputs) > 1 else inputs[0]
+        return self.act2(self.norm2(self.conv1(self.act1(self.norm1(x)))))
+
+    def forward(self, inputs: Tensor | Sequence[Tensor]) -> Tensor:
+        features = [inputs] if isinstance(inputs, Tensor) else list(inputs)
+        if self.memory_efficient and torch.is_grad_enabled() and self.training:
+            # Keep only the (already stored) inputs; the concatenation, both BN outputs and the
+            # bottleneck are recomputed in backward. No RNG inside, so no RNG state to stash.
+            h = cp.checkpoint(
+                self.bottleneck,
+                *features,
+                use_reentrant=False,
+                preserve_rng_state=False,
+                context_fn=lambda: (contextlib.nullcontext(), _frozen_bn_stats(self)),
+            )
+        else:
+            h = self.bottleneck(*features)
+        out = self.conv2(h)
+        if self.drop_rate > 0:
+            out = F.dropout(out, p=self.drop_rate, training=self.training)
+        return out
+
+
+class _DenseBlock(nn.ModuleDict):
+    def __init__(
+        self,
+        num_layers: int,
+        num_input_features: int,
+        bn_size: int,
+        growth_rate: int,
+        drop_rate: float,
+        memory_efficient: bool,
+        act: ActFactory,
+        conv: dict[str, Any],
+    ) -> None:
+        super().__init__()
+        for i in range(num_layers):
+            layer = _DenseLayer(
+                num_input_features + i * growth_rate,
+                growth_rate=growth_rate,
+                bn_size=bn_size,
+                drop_rate=drop_rate,
+                memory_efficient=memory_efficient,
+                act=act,
+                conv=conv,
+            )
+            self.add_module(f"denselayer{i + 1}", layer)
+
+    def forward(self, init_features: Tensor) -> Tensor:
+        features = [init_features]
+        for layer in self.values():
+            features.append(layer(features))
+        return torch.cat(features, 1)
+
+
+class _Transition(nn.Sequential):
+    def __init__(self, num_input_features: int, num_output_features: int, act: ActFactory) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(num_input_features)
+        self.act = act(num_input_features, inplace=True)
+        self.conv = nn.Conv2d(num_input_features, num_output_features, kernel_size=1, bias=False)
+        self.pool = nn.AvgPool2d(kernel_size=2, stride=2)
+
+
+class DenseNet(nn.Module):
+    """Densely connected network.
+
+    Args:
+        growth_rate: feature maps each layer adds (k).
+        block_config: layers in each dense block.
+        num_init_features: feature maps of the stem.
+        bn_size: bottleneck width as a multiple of k.
+        compression: fraction of feature maps a transition keeps (0.5 in DenseNet-BC).
+        drop_rate: dropout after each dense layer.
+        num_classes: classifier outputs.
+        stem: ``imagenet`` (7x7/s2 conv + max-pool) or ``cifar`` (3x3/s1 conv).
+        memory_efficient: recompute the concat-BN-act-1x1-BN-act part in backward.
+        act: activation config (``name``, ``prelu_init``, ``prelu_per_channel``).
+        conv: spatial conv config (``type``, ``kernel_size``, ``dilation``, ``inner_bn``).
+        init: weight init config (``name``, ``mode``, ``distribution``).
+    """
+
+    def __init__(
+        self,
+        growth_rate: int = 32,
+        block_config: Sequence[int] = (6, 12, 24, 16),
+        num_init_features: int = 64,
+        bn_size: int = 4,
+        compression: float = 0.5,
+        drop_rate: float = 0.0,
+        num_classes: int = 1000,
+        stem: str = "imagenet",
+        memory_efficient: bool = False,
+        act: dict[str, Any] | None = None,
+        conv: dict[str, Any] | None = None,
+        init: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0.0 < compression <= 1.0:
+            raise ValueError(f"compression must be in (0, 1], got {compression}")
+        act_cfg = {"name": "relu", **(act or {})}
+        conv_cfg = {"type": "standard", **(conv or {})}
+        init_cfg = {"name": "kaiming", **(init or {})}
+        make_act = act_factory(**act_cfg)
+
+        self.stem = stem
+        if stem == "imagenet":
+            self.features = nn.Sequential()
+            self.features.add_module(
+                "conv0", nn.Conv2d(3, num_init_features, 7, stride=2, padding=3, bias=False)
+            )
+            self.features.add_module("norm0", nn.BatchNorm2d(num_init_features))
+            self.features.add_module("act0", make_act(num_init_features, inplace=True))
+            self.features.add_module("pool0", nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
+        elif stem == "cifar":
+            self.features = nn.Sequential()
+            self.features.add_module(
+                "conv0", nn.Conv2d(3, num_init_features, 3, stride=1, padding=1, bias=False)
+            )
+        else:
+            raise ValueError(f"unknown stem {stem!r}; valid choices: imagenet, cifar")
+
+        num_features = num_init_features
+        for i, num_layers in enumerate(block_config):
+            block = _DenseBlock(
+                num_layers,
+                num_features,
+                bn_size=bn_size,
+                growth_rate=growth_rate,
+                drop_rate=drop_rate,
+                memory_efficient=memory_efficient,
+                act=make_act,
+                conv=conv_cfg,
+            )
+            self.features.add_module(f"denseblock{i + 1}", block)
+            num_features += num_layers * growth_rate
+            if i != len(block_config) - 1:
+                out_features = int(num_features * compression)
+                self.features.add_module(
+                    f"transition{i + 1}", _Transition(num_features, out_features, make_act)
+                )
+                num_features = out_features
+
+        self.features.add_module("norm5", nn.BatchNorm2d(num_features))
+        self.features.add_module("act5", make_act(num_features, inplace=True))
+        self.classifier = nn.Linear(num_features, num_classes)
+        self.num_features = num_features
+        self.downsampling = (4 if stem == "imagenet" else 1) * 2 ** (len(block_config) - 1)
+
+        init_weights(self, act_name=act_cfg["name"], **init_cfg)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.features(x)
+        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return self.classifier(x)
+
+
+# torchvision's old checkpoints name BN params "norm.1"/"relu.1"/"conv.1" instead of "norm1"...
+_OLD_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+)
+
+
+def convert_torchvision_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Rename old-style torchvision keys (``norm.1.weight`` -> ``norm1.weight``)."""
+    out = {}
+    for key, value in state_dict.items():
+        m = _OLD_KEY.match(key)
+        out[m.group(1) + m.group(2) if m else key] = value
+    return out
+
+
+def load_pretrained(model: DenseNet, path: str | Path) -> list[str]:
+    """Load a local torchvision-format state dict; returns the keys left at their init.
+
+    A classifier of a different class count is replaced (kept at its fresh init). Any other
+    mismatch is an error that names the keys, so a wrong architecture cannot load silently.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model.pretrained: no such file: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a pickle that is not plain tensors, or a corrupt file
+        raise RuntimeError(f"model.pretrained: cannot load {path} safely: {e}") from e
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]  # one of our own checkpoints
+    state = convert_torchvision_state_dict(state)
+    own = model.state_dict()
+    skipped = []
+    for key in ("classifier.weight", "classifier.bias"):
+        if key in state and state[key].shape != own[key].shape:
+            del state[key]
+            skipped.append(key)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k not in skipped]
+    shape_errors = [k for k in state if k in own and state[k].shape != own[k].shape]
+    if missing or unexpected or shape_errors:
+        raise RuntimeError(
+            f"model.pretrained {path} does not match this architecture: "
+            f"missing keys {missing[:8]}, unexpected keys {unexpected[:8]}"
+        )
+    return skipped
+
+
+def _densenet(
+    growth_rate: int, block_config: Sequence[int], num_init_features: int, **kwargs: Any
+) -> DenseNet:
+    return DenseNet(growth_rate, block_config, num_init_features, **kwargs)
+
+
+def densenet121(num_classes: int = 1000, **options: Any) -> DenseNet:
+    return _densenet(32, (6, 12, 24, 16), 64, num_classes=num_classes, **options)
+
+
+def densenet161(num_classes: int = 1000, **options: Any) -> DenseNet:
+    return _densenet(48, (6, 12, 36, 24), 96, num_classes=num_classes, **options)
+
+
+def densenet169(num_classes: int = 1000, **options: Any) -> DenseNet:
+    return _densenet(32, (6, 12, 32, 32), 64, num_classes=num_classes, **options)
+
+
+def densenet201(num_classes: int = 1000, **options: Any) -> DenseNet:
+    return _densenet(32, (6, 12, 48, 32), 64, num_classes=num_classes, **options)
+
+
+def densenet264(num_classes: int = 1000, **options: Any) -> DenseNet:
+    return _densenet(32, (6, 12, 64, 48), 64, num_classes=num_classes, **options)
+
+
+def densenet_bc(
+    depth: int = 100, growth_rate: int = 12, num_classes: int = 10, **options: Any
+) -> DenseNet:
+    """CIFAR DenseNet-BC: 3 blocks of (depth - 4) / 6 bottleneck layers, 3x3 stem of 2k maps."""
+    if (depth - 4) % 6:
+        raise ValueError(f"DenseNet-BC depth must be 6n+4 (40, 100, 190, ...), got {depth}")
+    n = (depth - 4) // 6
+    options.setdefault("stem", "cifar")
+    return _densenet(growth_rate, (n, n, n), 2 * growth_rate, num_classes=num_classes, **options)

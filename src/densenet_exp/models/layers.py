@@ -1,0 +1,124 @@
+"""Factories for the parts a config can swap: the 3x3 conv of a dense layer, the activation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+CONV_TYPES = ("standard", "dsconv")
+ACTIVATIONS = ("relu", "swish", "prelu", "gelu", "mish")
+
+
+class DSConv(nn.Sequential):
+    """Depthwise-separable convolution: depthwise kxk -> (BN) -> pointwise 1x1.
+
+    The BN between the two convolutions is the original trainer's design; ``inner_bn=False`` drops it.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        dilation: int = 1,
+        inner_bn: bool = True,
+    ) -> None:
+        padding = dilation * (kernel_size - 1) // 2
+        super().__init__()
+        self.depthwise = nn.Conv2d(
+            in_channels,
+            in_channels,
+            kernel_size,
+            padding=padding,
+            dilation=dilation,
+            groups=in_channels,
+            bias=False,
+        )
+        if inner_bn:
+            self.bn = nn.BatchNorm2d(in_channels)
+        self.pointwise = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+
+
+def make_conv(
+    in_channels: int,
+    out_channels: int,
+    type: str = "standard",
+    kernel_size: int = 3,
+    dilation: int = 1,
+    inner_bn: bool = True,
+) -> nn.Module:
+    """The spatial conv of a dense layer ("same" padding, stride 1)."""
+    if kernel_size % 2 == 0:
+        raise ValueError(f"conv.kernel_size must be odd for 'same' padding, got {kernel_size}")
+    if type == "standard":
+        padding = dilation * (kernel_size - 1) // 2
+        return nn.Conv2d(
+            in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, bias=False
+        )
+    if type == "dsconv":
+        return DSConv(in_channels, out_channels, kernel_size, dilation, inner_bn)
+    raise ValueError(f"unknown conv type {type!r}; valid choices: {', '.join(CONV_TYPES)}")
+
+
+def make_act(
+    channels: int,
+    name: str = "relu",
+    prelu_init: float = 0.25,
+    prelu_per_channel: bool = False,
+    inplace: bool = False,
+) -> nn.Module:
+    """One activation module per position, so PReLU slopes are learned per layer.
+
+    ``inplace`` is honoured for ReLU only: it is safe right after a BN (whose backward needs its
+    input, not its output) and saves one feature map per layer; the smooth activations need their
+    input in backward.
+    """
+    if name == "relu":
+        return nn.ReLU(inplace=inplace)
+    if name == "swish":
+        return nn.SiLU()
+    if name == "prelu":
+        return nn.PReLU(num_parameters=channels if prelu_per_channel else 1, init=prelu_init)
+    if name == "gelu":
+        return nn.GELU()
+    if name == "mish":
+        return nn.Mish()
+    raise ValueError(f"unknown activation {name!r}; valid choices: {', '.join(ACTIVATIONS)}")
+
+
+def act_factory(**act_cfg: Any):
+    """Bind the act config so the network can ask for ``act(channels)`` at each position."""
+    act_cfg = {k: v for k, v in act_cfg.items() if k in ("name", "prelu_init", "prelu_per_channel")}
+
+    def build(channels: int, inplace: bool = False) -> nn.Module:
+        return make_act(channels, inplace=inplace, **act_cfg)
+
+    return build
+
+
+def kaiming_gain_name(act_name: str) -> tuple[str, float]:
+    """The nonlinearity (and slope) Kaiming init should assume for an activation."""
+    if act_name == "prelu":
+        return "leaky_relu", 0.25
+    return "relu", 0.0
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def is_norm(module: nn.Module) -> bool:
+    return isinstance(module, nn.modules.batchnorm._NormBase | nn.GroupNorm | nn.LayerNorm)
+
+
+def norm_bias_parameters(model: nn.Module) -> set[int]:
+    """ids of the parameters that should get no weight decay: norms, biases and PReLU slopes."""
+    ids: set[int] = set()
+    for module in model.modules():
+        if is_norm(module) or isinstance(module, nn.PReLU):
+            ids.update(id(p) for p in module.parameters(recurse=False))
+        elif getattr(module, "bias", None) is not None and isinstance(module.bias, torch.Tensor):
+            ids.add(id(module.bias))
+    return ids
