@@ -31,7 +31,7 @@ def train(cfg: Any, run_dir: str | Path | None = None) -> dict[str, Any]:
     from omegaconf import DictConfig, OmegaConf
 
     from . import distributed as du
-    from .engine import run_rank
+    from .engine import run_rank, spawned_rank
 
     if isinstance(cfg, DictConfig):
         cfg = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
@@ -45,7 +45,7 @@ def train(cfg: Any, run_dir: str | Path | None = None) -> dict[str, Any]:
     if du.under_external_launcher() or (nproc == 1 and int(cfg["dist"]["nnodes"]) == 1):
         return run_rank(cfg, str(run_dir))
     _prepare_data_once(cfg)
-    return du.launch(run_rank, (cfg, str(run_dir)), cfg["dist"], nproc, device)
+    return du.launch(spawned_rank, (cfg, str(run_dir)), cfg["dist"], nproc, device)
 
 
 def _prepare_data_once(cfg: dict[str, Any]) -> None:

@@ -18,7 +18,7 @@ def _register_resolvers() -> None:
     # job directory names from overrides: keep them one path component and readable
     OmegaConf.register_new_resolver(
         "densenet_exp.dirname",
-        lambda s: (str(s).replace("/", "_").replace("\\\\", "_")[:120] or "defaults"),
+        lambda s: str(s).replace("/", "_").replace("\\\\", "_")[:120] or "defaults",
         replace=True,
     )
     _RESOLVERS_REGISTERED = True

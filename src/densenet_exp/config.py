@@ -210,7 +210,7 @@ class SchedConfig:
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 20
+    epochs: int = 15
     max_steps: Optional[int] = None  # stop after this many optimizer steps (null: epochs decide)
     device: DeviceName = DeviceName.auto
     seed: int = 42

@@ -171,5 +171,22 @@ def launch(
         monitor_interval=0.2,
         start_method="spawn",
     )
-    results = elastic_launch(config, entry)(*args)
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    try:
+        results = elastic_launch(config, entry)(*args)
+    except ChildFailedError as e:
+        rank, failure = e.get_first_failure()
+        message = failure.message
+        if isinstance(message, dict):  # the error file's record of the exception
+            message = message.get("message", str(message))
+        first = str(message).strip().splitlines()[-1] if str(message).strip() else "no message"
+        if failure.exitcode < 0:
+            first = f"killed by signal {-failure.exitcode} ({failure.signal_name()})"
+        log.error("rank %d failed (exit code %s): %s", rank, failure.exitcode, message)
+        raise RankFailedError(f"rank {rank} failed: {first}") from None
     return results.get(0) if results else None
+
+
+class RankFailedError(RuntimeError):
+    """One rank of a multi-process job raised or died; the job stopped."""

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.elastic.multiprocessing.errors import record
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import distributed as du
@@ -32,7 +33,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .data import DataError, build_datasets, build_loaders, eval_transform_settings
-from .models import build_model, count_parameters
+from .models import build_model, count_parameters, min_input_size
 from .models.sync_batchnorm import convert_sync_batchnorm
 from .optim import build_optimizer, build_scheduler
 from .precision import Precision
@@ -156,14 +157,23 @@ def fit(cfg: dict[str, Any], run_dir: Path, ctx: du.DistContext) -> dict[str, An
     seed_everything(int(tr["seed"]) + ctx.rank, bool(tr["deterministic"]))
     ckpt_dir = run_dir / "checkpoints"
 
+    smallest = min_input_size(cfg["model"])
+    if int(data_cfg["image_size"]) < smallest:
+        if data_cfg["name"] != "digits":
+            raise DataError(
+                f"data.image_size={data_cfg['image_size']} is smaller than the model's total "
+                f"downsampling ({smallest}x); use data.image_size >= {smallest}"
+            )
+        # the embedded 8x8 digits are upscaled anyway: upscale them to what the model needs
+        log.info(
+            "data.image_size %s -> %d for model %s",
+            data_cfg["image_size"],
+            smallest,
+            cfg["model"]["name"],
+        )
+        data_cfg["image_size"] = smallest
     bundle = build_datasets(data_cfg, seed=int(tr["seed"]))
     model = build_model(cfg, num_classes=len(bundle.classes))
-    model_input_min = getattr(model, "downsampling", 1)
-    if int(data_cfg["image_size"]) < model_input_min:
-        raise DataError(
-            f"data.image_size={data_cfg['image_size']} is smaller than the model's downsampling "
-            f"factor {model_input_min}; use data.image_size >= {model_input_min}"
-        )
     model.to(device)
     if tr["channels_last"]:
         model.to(memory_format=torch.channels_last)
@@ -192,7 +202,9 @@ def fit(cfg: dict[str, Any], run_dir: Path, ctx: du.DistContext) -> dict[str, An
     if tr["ema"]:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(float(tr["ema"])), use_buffers=True)
+        ema = AveragedModel(
+            model, multi_avg_fn=get_ema_multi_avg_fn(float(tr["ema"])), use_buffers=True
+        )
 
     # resume
     start_epoch, start_batch, global_step, best_top1 = 0, 0, 0, -1.0
@@ -215,9 +227,7 @@ def fit(cfg: dict[str, Any], run_dir: Path, ctx: du.DistContext) -> dict[str, An
     ddp_model: nn.Module = model
     if ctx.distributed:
         ddp_model = DDP(
-            model,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            broadcast_buffers=False,  # BN stats are averaged explicitly (or synced by SyncBN)
+            model, device_ids=[device.index] if device.type == "cuda" else None, **_no_buffer_sync()
         )
     train_model = torch.compile(ddp_model) if tr["compile"] else ddp_model
 
@@ -305,7 +315,11 @@ def fit(cfg: dict[str, Any], run_dir: Path, ctx: du.DistContext) -> dict[str, An
                 with precision.autocast():
                     logits = train_model(x)
                     loss = loss_fn(
-                        logits, y, tr["loss"], float(tr["label_smoothing"]), float(tr["focal_gamma"])
+                        logits,
+                        y,
+                        tr["loss"],
+                        float(tr["label_smoothing"]),
+                        float(tr["focal_gamma"]),
                     )
                 precision.backward(loss / accum)
             imgs_seen += len(y)
@@ -318,7 +332,9 @@ def fit(cfg: dict[str, Any], run_dir: Path, ctx: du.DistContext) -> dict[str, An
                 ema.update_parameters(model)
             global_step += 1
             if pending is not None:
-                nonfinite_streak = _check_loss(pending, nonfinite_streak, global_step - 1, tr, ckpt_dir)
+                nonfinite_streak = _check_loss(
+                    pending, nonfinite_streak, global_step - 1, tr, ckpt_dir
+                )
             pending = loss.detach()
             loss_sum += pending
             loss_count += 1
@@ -357,7 +373,9 @@ def fit(cfg: dict[str, Any], run_dir: Path, ctx: du.DistContext) -> dict[str, An
             final_top1 = last_eval["val_top1"]
             is_best = final_top1 > best_top1
             best_top1 = max(best_top1, final_top1)
-            train_loss = du.all_reduce_sum(loss_sum.clone()).item() / max(1, loss_count * ctx.world_size)
+            train_loss = du.all_reduce_sum(loss_sum.clone()).item() / max(
+                1, loss_count * ctx.world_size
+            )
             row = {
                 "epoch": epoch,
                 "step": global_step,
@@ -411,11 +429,24 @@ def fit(cfg: dict[str, Any], run_dir: Path, ctx: du.DistContext) -> dict[str, An
         hparams = _hparams(cfg)
         writer.add_hparams(
             hparams,
-            {"hparam/best_val_top1": summary["best_val_top1"] or 0.0, "hparam/img_per_s": summary["img_per_s"]},
+            {
+                "hparam/best_val_top1": summary["best_val_top1"] or 0.0,
+                "hparam/img_per_s": summary["img_per_s"],
+            },
             run_name=".",
         )
         writer.close()
     return summary
+
+
+def _no_buffer_sync() -> dict[str, bool]:
+    """BN stats are averaged explicitly before eval (or synced by SyncBN): DDP need not copy
+    rank 0's buffers every forward. torch 2.14 renamed the flag; 2.11 (the GPU hosts) has the old one."""
+    import inspect
+
+    if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
 
 
 def _check_loss(
@@ -513,7 +544,11 @@ def run_rank(cfg: dict[str, Any], run_dir: str) -> dict[str, Any]:
         _write_summary(
             run_path,
             ctx,
-            {"status": "failed", "error": f"{type(e).__name__}: {e}", "wall_s": time.perf_counter() - t0},
+            {
+                "status": "failed",
+                "error": f"{type(e).__name__}: {e}",
+                "wall_s": time.perf_counter() - t0,
+            },
         )
         raise
     finally:
@@ -529,3 +564,10 @@ def _write_summary(run_dir: Path, ctx: du.DistContext, summary: dict[str, Any]) 
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(summary, indent=2) + "\n")
     tmp.replace(path)
+
+
+@record
+def spawned_rank(cfg: dict[str, Any], run_dir: str) -> dict[str, Any]:
+    """``run_rank`` for ranks started by ``distributed.launch``: ``record`` writes the rank's
+    exception to the file the launcher reads, so the parent can report the real error."""
+    return run_rank(cfg, run_dir)

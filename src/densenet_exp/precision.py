@@ -69,12 +69,16 @@ def resolve_spec(amp_cfg: Any, device: torch.device) -> PrecisionSpec:
     """Level defaults + user overrides, validated as APEX validated them."""
     level = _val(amp_cfg["opt_level"])
     if level not in OPT_LEVELS:
-        raise PrecisionError(f"unknown amp.opt_level {level!r}; valid choices: {', '.join(OPT_LEVELS)}")
+        raise PrecisionError(
+            f"unknown amp.opt_level {level!r}; valid choices: {', '.join(OPT_LEVELS)}"
+        )
     dtype_name = _val(amp_cfg["dtype"])
     if dtype_name == "auto":
         dtype_name = "float16" if device.type == "cuda" else "bfloat16"
     if dtype_name not in DTYPES:
-        raise PrecisionError(f"unknown amp.dtype {dtype_name!r}; valid choices: auto, float16, bfloat16")
+        raise PrecisionError(
+            f"unknown amp.dtype {dtype_name!r}; valid choices: auto, float16, bfloat16"
+        )
     dtype = DTYPES[dtype_name]
     keep_bn, master = amp_cfg["keep_batchnorm_fp32"], amp_cfg["master_weights"]
     if level in ("O0", "O1"):
@@ -95,7 +99,9 @@ def resolve_spec(amp_cfg: Any, device: torch.device) -> PrecisionSpec:
     scale = _parse_loss_scale(amp_cfg["loss_scale"], level, dtype)
     if level == "O0":
         dtype = torch.float32
-    return PrecisionSpec(level, dtype, defaults["autocast"], defaults["cast_model"], keep_bn, master, scale)
+    return PrecisionSpec(
+        level, dtype, defaults["autocast"], defaults["cast_model"], keep_bn, master, scale
+    )
 
 
 def _parse_loss_scale(value: Any, level: str, dtype: torch.dtype) -> str | float | None:
@@ -187,7 +193,9 @@ class Precision:
             optimizer.state.clear()
         low = self.spec.dtype
         for module in model.modules():
-            if self.spec.keep_batchnorm_fp32 and isinstance(module, nn.modules.batchnorm._BatchNorm):
+            if self.spec.keep_batchnorm_fp32 and isinstance(
+                module, nn.modules.batchnorm._BatchNorm
+            ):
                 continue
             for p in module.parameters(recurse=False):
                 p.data = p.data.to(low)

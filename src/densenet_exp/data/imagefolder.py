@@ -24,7 +24,13 @@ from .transforms import load_image
 log = logging.getLogger(__name__)
 
 Sample = tuple[str, int]
-DECODE_ERRORS = (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError)
+DECODE_ERRORS = (
+    OSError,
+    ValueError,
+    SyntaxError,
+    UnidentifiedImageError,
+    Image.DecompressionBombError,
+)
 
 
 class DataError(ValueError):
@@ -84,7 +90,9 @@ def stratified_split(
 ) -> tuple[list[Sample], list[Sample]]:
     """Per class, a fixed-seed share of the files goes to val (at least one if the class has 2+)."""
     if not 0.0 < val_split < 1.0:
-        raise DataError(f"data.val_split must be in (0, 1) when there is no val folder, got {val_split}")
+        raise DataError(
+            f"data.val_split must be in (0, 1) when there is no val folder, got {val_split}"
+        )
     by_class: dict[int, list[Sample]] = defaultdict(list)
     for s in samples:
         by_class[s[1]].append(s)
@@ -132,7 +140,9 @@ def build_imagefolder_splits(
         classes, class_to_idx = _classes(root)
         train, val = stratified_split(scan_classes(root, class_to_idx), val_split, split_seed)
     if len(classes) < 2:
-        raise DataError(f"found a single class ({classes[0]}) under {root}: need at least 2 to classify")
+        raise DataError(
+            f"found a single class ({classes[0]}) under {root}: need at least 2 to classify"
+        )
     train = check_images(train, on_bad_image, f"{root} (train)")
     val = check_images(val, on_bad_image, f"{root} (val)")
     return train, val, classes
@@ -142,7 +152,9 @@ def _classes(directory: Path) -> tuple[list[str], dict[str, int]]:
     try:
         return find_classes(str(directory))
     except FileNotFoundError as e:
-        raise DataError(f"no class folders in {directory}: expected {directory}/<class>/<image>") from e
+        raise DataError(
+            f"no class folders in {directory}: expected {directory}/<class>/<image>"
+        ) from e
 
 
 class ImageFolderDataset(Dataset):
@@ -191,7 +203,9 @@ class ImageFolderDataset(Dataset):
         # (default_generator.manual_seed, not torch.manual_seed: that also queues a lazy CUDA
         # seeding call, which records a stack trace per item - milliseconds each.)
         with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+            torch.default_generator.manual_seed(
+                (self.seed * 1_000_003 + self.epoch) * 10_000_019 + index
+            )
             return self.transform(image), target
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "densenet264",
     "densenet_bc",
     "load_pretrained",
+    "min_input_size",
 ]
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,12 @@ def _plain(node: Any) -> dict[str, Any]:
     except ImportError:  # pragma: no cover - omegaconf is a dependency
         pass
     return {k: (v.value if hasattr(v, "value") else v) for k, v in dict(node).items()}
+
+
+def min_input_size(model_cfg: Any) -> int:
+    """The total downsampling of the network: smaller inputs leave no pixel for the last block."""
+    m = _plain(model_cfg)
+    return (4 if m["stem"] == "imagenet" else 1) * 2 ** (len(m["block_config"]) - 1)
 
 
 def build_model(cfg: Any, num_classes: int | None = None) -> nn.Module:

@@ -216,7 +216,6 @@ class DenseNet(nn.Module):
         self.features.add_module("act5", make_act(num_features, inplace=True))
         self.classifier = nn.Linear(num_features, num_classes)
         self.num_features = num_features
-        self.downsampling = (4 if stem == "imagenet" else 1) * 2 ** (len(block_config) - 1)
 
         init_weights(self, act_name=act_cfg["name"], **init_cfg)
 
@@ -228,7 +227,8 @@ class DenseNet(nn.Module):
 
 # torchvision's old checkpoints name BN params "norm.1"/"relu.1"/"conv.1" instead of "norm1"...
 _OLD_KEY = re.compile(
-    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\."
+    r"((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
 )
 
 
@@ -263,14 +263,15 @@ def load_pretrained(model: DenseNet, path: str | Path) -> list[str]:
         if key in state and state[key].shape != own[key].shape:
             del state[key]
             skipped.append(key)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k not in skipped]
+    missing = [k for k in own if k not in state and k not in skipped]
+    unexpected = [k for k in state if k not in own]
     shape_errors = [k for k in state if k in own and state[k].shape != own[k].shape]
     if missing or unexpected or shape_errors:
         raise RuntimeError(
-            f"model.pretrained {path} does not match this architecture: "
-            f"missing keys {missing[:8]}, unexpected keys {unexpected[:8]}"
+            f"model.pretrained {path} does not match this architecture: missing keys "
+            f"{missing[:8]}, unexpected keys {unexpected[:8]}, shape mismatches {shape_errors[:8]}"
         )
+    model.load_state_dict(state, strict=False)
     return skipped
 
 

@@ -28,13 +28,19 @@ def init_weights(
     for m in model.modules():
         if isinstance(m, nn.Conv2d) and name != "default":
             if name == "kaiming":
-                fn = nn.init.kaiming_normal_ if distribution == "normal" else nn.init.kaiming_uniform_
+                fn = (
+                    nn.init.kaiming_normal_
+                    if distribution == "normal"
+                    else nn.init.kaiming_uniform_
+                )
                 fn(m.weight, a=slope, mode=mode, nonlinearity=nonlinearity)
             elif name == "xavier":
                 fn = nn.init.xavier_normal_ if distribution == "normal" else nn.init.xavier_uniform_
                 fn(m.weight, gain=nn.init.calculate_gain(nonlinearity, slope or None))
             else:
-                nn.init.orthogonal_(m.weight, gain=nn.init.calculate_gain(nonlinearity, slope or None))
+                nn.init.orthogonal_(
+                    m.weight, gain=nn.init.calculate_gain(nonlinearity, slope or None)
+                )
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:

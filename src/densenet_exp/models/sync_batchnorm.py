@@ -3,7 +3,7 @@
 ``torch.nn.SyncBatchNorm`` raises on CPU tensors and DDP refuses it on a CPU model, so CPU/gloo
 runs use this one. It normalises with the statistics of the global batch: one all-reduce of
 per-channel (sum, sum of squares, count) in forward and one of the two gradient terms in backward.
-Statistics are computed in fp32 whatever the input dtype, as torch's own does.
+Statistics are computed in fp32 for fp16/bf16 inputs, as torch's own does.
 """
 
 from __future__ import annotations
@@ -17,6 +17,11 @@ def _world(group: dist.ProcessGroup | None) -> int:
     if not (dist.is_available() and dist.is_initialized()):
         return 1
     return dist.get_world_size(group)
+
+
+def _stat_dtype(x: Tensor) -> torch.dtype:
+    """fp32 for half inputs (as torch's BN does), the input's own dtype when wider."""
+    return torch.promote_types(x.dtype, torch.float32)
 
 
 class _SyncBNFunction(torch.autograd.Function):
@@ -33,9 +38,9 @@ class _SyncBNFunction(torch.autograd.Function):
         group: dist.ProcessGroup | None,
     ) -> Tensor:
         c = x.shape[1]
-        x32 = x.float()
+        x32 = x.to(_stat_dtype(x))
         dims = [0, *range(2, x.dim())]
-        count = torch.tensor([x.numel() // c], dtype=torch.float32, device=x.device)
+        count = torch.tensor([x.numel() // c], dtype=x32.dtype, device=x.device)
         stats = torch.cat([x32.sum(dims), (x32 * x32).sum(dims), count])
         dist.all_reduce(stats, group=group)
         total = stats[-1]
@@ -51,7 +56,7 @@ class _SyncBNFunction(torch.autograd.Function):
         xhat = (x32 - mean.view(shape)) * invstd.view(shape)
         y = xhat
         if weight is not None:
-            y = y * weight.float().view(shape) + bias.float().view(shape)
+            y = y * weight.to(x32.dtype).view(shape) + bias.to(x32.dtype).view(shape)
         ctx.save_for_backward(x, weight, mean, invstd, total)
         ctx.group = group
         return y.to(x.dtype)
@@ -62,8 +67,8 @@ class _SyncBNFunction(torch.autograd.Function):
         c = x.shape[1]
         shape = [1, c] + [1] * (x.dim() - 2)
         dims = [0, *range(2, x.dim())]
-        g = grad_out.float()
-        xhat = (x.float() - mean.view(shape)) * invstd.view(shape)
+        g = grad_out.to(mean.dtype)
+        xhat = (x.to(mean.dtype) - mean.view(shape)) * invstd.view(shape)
         # local terms; weight/bias grads stay local (DDP averages them like any other gradient)
         sum_dy = g.sum(dims)
         sum_dy_xhat = (g * xhat).sum(dims)
@@ -75,7 +80,7 @@ class _SyncBNFunction(torch.autograd.Function):
         mean_dy_xhat = (terms[c:] / total).view(shape)
         scale = invstd.view(shape)
         if weight is not None:
-            scale = scale * weight.float().view(shape)
+            scale = scale * weight.to(mean.dtype).view(shape)
         grad_in = (g - mean_dy - xhat * mean_dy_xhat) * scale
         return grad_in.to(x.dtype), grad_weight, grad_bias, None, None, None, None, None
 
@@ -95,7 +100,9 @@ class SyncBatchNorm(nn.BatchNorm2d):
         if not (self.training and _world(self.process_group) > 1):
             return super().forward(x)
         if self.momentum is None:
-            raise ValueError("SyncBatchNorm needs a numeric momentum (cumulative average unsupported)")
+            raise ValueError(
+                "SyncBatchNorm needs a numeric momentum (cumulative average unsupported)"
+            )
         if self.track_running_stats:
             self.num_batches_tracked.add_(1)
         return _SyncBNFunction.apply(
@@ -110,7 +117,9 @@ class SyncBatchNorm(nn.BatchNorm2d):
         )
 
     @classmethod
-    def convert(cls, module: nn.Module, process_group: dist.ProcessGroup | None = None) -> nn.Module:
+    def convert(
+        cls, module: nn.Module, process_group: dist.ProcessGroup | None = None
+    ) -> nn.Module:
         """Replace every BatchNorm2d in ``module`` by this class, keeping parameters and buffers."""
         out = module
         if isinstance(module, nn.BatchNorm2d) and not isinstance(module, cls):
@@ -141,4 +150,3 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
     if device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     return SyncBatchNorm.convert(module)
-

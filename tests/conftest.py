@@ -1,0 +1,58 @@
+"""Shared fixtures: composing the real config tree, tiny-run overrides, a hermetic digits copy."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+import densenet_exp.__main__  # noqa: F401 - registers the config schema and resolvers
+from densenet_exp.config import config_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+# A tiny network on small random images: a training run takes about a second on 2 cores.
+TINY = [
+    "data=synthetic",
+    "data.image_size=8",
+    "data.batch_size=8",
+    "data.synthetic_train_size=32",
+    "data.synthetic_val_size=13",
+    "data.synthetic_classes=3",
+    "model.growth_rate=4",
+    "model.block_config=[2,2]",
+    "model.num_init_features=8",
+    "trainer.epochs=1",
+    "trainer.progress=false",
+    "trainer.device=cpu",
+]
+
+
+def compose_cfg(overrides: list[str] | None = None, hydra_config: bool = False):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose("config", overrides=overrides or [], return_hydra_config=hydra_config)
+
+
+@pytest.fixture(autouse=True)
+def _clear_hydra():
+    yield
+    GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="session")
+def digits_root(tmp_path_factory) -> Path:
+    from densenet_exp.data.digits import ensure_digits
+
+    return ensure_digits(tmp_path_factory.mktemp("digits") / "digits")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

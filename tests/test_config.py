@@ -1,0 +1,82 @@
+import subprocess
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigAttributeError, ValidationError
+
+from densenet_exp.config import config_dir
+
+from conftest import PYTHON, ROOT, compose_cfg
+
+GROUPS = ["model", "conv", "act", "amp", "init", "data", "optim", "sched", "experiment"]
+
+
+def options(group):
+    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize(
+    "group, option", [(g, o) for g in GROUPS for o in options(g)], ids=lambda v: str(v)
+)
+def test_every_option_of_every_group_composes(group, option):
+    extra = ["data.root=/tmp/x"] if (group, option) == ("data", "imagefolder") else []
+    cfg = compose_cfg([f"{group}={option}", *extra])
+    if group != "experiment":
+        assert cfg[group] is not None
+        name_key = {"conv": "type", "amp": "opt_level"}.get(group, "name")
+        assert str(getattr(cfg[group], name_key)).split(".")[-1] == option
+    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+
+
+def test_defaults_are_the_documented_ones():
+    cfg = compose_cfg()
+    assert cfg.model.name == "densenet_bc_digits"
+    assert (cfg.conv.type.value, cfg.act.name.value, cfg.amp.opt_level.value) == (
+        "standard",
+        "relu",
+        "O0",
+    )
+    assert (cfg.init.name.value, cfg.data.name.value, cfg.optim.name.value) == (
+        "kaiming",
+        "digits",
+        "sgd",
+    )
+    assert cfg.sched.name.value == "cos" and cfg.sync_bn is False
+    assert cfg.dist.nproc_per_node == "auto"
+
+
+@pytest.mark.parametrize(
+    "override, error",
+    [
+        ("trainer.epoch=3", ConfigCompositionException),  # misspelled key
+        ("conv=dsconvv", ConfigCompositionException),  # misspelled option
+        ("act.name=swich", ConfigCompositionException),  # misspelled enum value
+        ("amp.opt_level=O5", ConfigCompositionException),
+    ],
+)
+def test_a_typo_fails_at_composition(override, error):
+    with pytest.raises(error):
+        compose_cfg([override])
+
+
+def test_typed_nodes_reject_wrong_types():
+    cfg = compose_cfg()
+    with pytest.raises(ValidationError):
+        cfg.trainer.epochs = "many"
+    with pytest.raises(ConfigAttributeError):
+        cfg.model.depth = 3
+
+
+def test_cli_typo_fails_before_any_work_with_hydras_message(tmp_path):
+    run = subprocess.run(
+        [PYTHON, "-m", "densenet_exp", "act=swich", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode != 0
+    assert "Could not find 'act/swich'" in run.stderr
+    assert "Available options" in run.stderr and "swish" in run.stderr
+    assert not (tmp_path / "run" / "metrics.json").exists()

@@ -1,0 +1,141 @@
+"""Multi-process tests on CPU with gloo: spawned ranks, the elastic launcher, two loopback nodes."""
+
+import json
+import subprocess
+import time
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from omegaconf import OmegaConf
+from torch import nn
+
+import _dist_workers as w
+from densenet_exp import distributed as du
+
+from conftest import PYTHON, ROOT, TINY, compose_cfg, free_port
+
+pytestmark = pytest.mark.slow
+
+
+def spawn(fn, tmp_path, world=2):
+    mp.spawn(fn, args=(world, free_port(), str(tmp_path)), nprocs=world, join=True)
+
+
+def test_portable_syncbn_matches_batchnorm_on_the_concatenated_batch(tmp_path):
+    spawn(w.syncbn_worker, tmp_path)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    torch.manual_seed(0)
+    x = torch.randn(8, 5, 4, 3, dtype=torch.float64)
+    g = torch.randn_like(x)
+    bn = nn.BatchNorm2d(5).double()
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.5, 0.5)
+    x.requires_grad_(True)
+    y = bn(x)
+    (y * g).sum().backward()
+    torch.testing.assert_close(torch.cat([r0["y"], r1["y"]]), y.detach())
+    torch.testing.assert_close(torch.cat([r0["dx"], r1["dx"]]), x.grad)
+    torch.testing.assert_close(r0["dw"], bn.weight.grad)
+    torch.testing.assert_close(r0["db"], bn.bias.grad)
+    torch.testing.assert_close(r0["rm"], bn.running_mean)
+    torch.testing.assert_close(r0["rv"], bn.running_var)
+
+
+def test_two_ranks_with_syncbn_equal_one_process_on_the_double_batch(tmp_path):
+    spawn(w.ddp_syncbn_worker, tmp_path)
+    ddp_state = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    single = w.tiny_model()
+    w.train_steps(single, rank=0, world=1)
+    for key, value in single.state_dict().items():
+        diff = (ddp_state[key].double() - value.double()).abs().max().item()
+        assert diff < 1e-5, (key, diff)
+
+
+def test_distributed_evaluation_of_an_odd_val_set_equals_single_process(tmp_path):
+    spawn(w.eval_worker, tmp_path)
+    dist_metrics = torch.load(tmp_path / "eval.pt", weights_only=True)
+    from densenet_exp.data.synthetic import SyntheticDataset
+    from densenet_exp.engine import evaluate
+    from densenet_exp.precision import Precision
+
+    loader = torch.utils.data.DataLoader(SyntheticDataset(13, 3, 8, seed=2), batch_size=4)
+    amp = OmegaConf.to_container(compose_cfg().amp, enum_to_str=True)
+    single = evaluate(
+        w.tiny_model(), loader, Precision(amp, torch.device("cpu")), torch.device("cpu")
+    )
+    assert dist_metrics["val_top1"] == single["val_top1"]
+    assert dist_metrics["val_top5"] == single["val_top5"]
+    # per-sample losses are float32 sums in a different batching: equal to rounding
+    assert dist_metrics["val_loss"] == pytest.approx(single["val_loss"], rel=1e-6)
+
+
+def test_cli_with_two_ranks_makes_one_run_directory_with_world_size_two(tmp_path):
+    proc = subprocess.run(
+        [
+            PYTHON,
+            "-m",
+            "densenet_exp",
+            *TINY,
+            "dist.nproc_per_node=2",
+            "sync_bn=true",
+            "hydra.run.dir=run",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+    summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert summary["world_size"] == 2 and summary["status"] == "completed"
+    assert "global batch 16" in (tmp_path / "run" / "train.log").read_text()
+
+
+def test_two_nodes_on_loopback_form_one_world_and_train(tmp_path):
+    port = free_port()
+    common = [
+        PYTHON,
+        "-m",
+        "densenet_exp",
+        *TINY,
+        "dist.nnodes=2",
+        "dist.nproc_per_node=1",
+        f"dist.rdzv_endpoint=127.0.0.1:{port}",
+        "dist.rdzv_id=loopback",
+        "dist.timeout_s=60",
+    ]
+    nodes = [
+        subprocess.Popen(
+            [*common, f"hydra.run.dir={tmp_path / f'node{i}'}"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = [n.communicate(timeout=300)[0] for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    summaries = [
+        json.loads((tmp_path / f"node{i}" / "metrics.json").read_text())
+        for i in range(2)
+        if (tmp_path / f"node{i}" / "metrics.json").exists()
+    ]
+    assert len(summaries) == 1  # only global rank 0 writes
+    assert summaries[0]["world_size"] == 2 and summaries[0]["status"] == "completed"
+
+
+def test_a_rank_that_raises_fails_the_job_fast_with_its_error_in_the_log(tmp_path):
+    cfg = OmegaConf.to_container(
+        compose_cfg([*TINY, "dist.timeout_s=120"]), resolve=True, enum_to_str=True
+    )
+    run = tmp_path / "run"
+    start = time.monotonic()
+    with pytest.raises(du.RankFailedError, match="rank 1 failed: .*injected failure in rank 1"):
+        du.launch(w.failing_rank, (cfg, str(run)), cfg["dist"], 2, torch.device("cpu"))
+    assert time.monotonic() - start < 60  # far below the 120 s collective timeout
+    log = (run / "train.log").read_text()
+    assert "[rank 1] training failed on rank 1: ValueError: injected failure in rank 1" in log

@@ -1,0 +1,193 @@
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from densenet_exp.models import (
+    build_model,
+    count_parameters,
+    densenet121,
+    densenet161,
+    densenet169,
+    densenet201,
+    densenet_bc,
+    load_pretrained,
+)
+from densenet_exp.models.densenet import DenseNet
+from densenet_exp.models.layers import DSConv
+
+from conftest import compose_cfg
+
+
+@pytest.mark.parametrize(
+    "factory, expected",
+    [
+        (densenet121, 7_978_856),
+        (densenet161, 28_681_000),
+        (densenet169, 14_149_480),
+        (densenet201, 20_013_928),
+    ],
+)
+def test_imagenet_densenets_have_torchvisions_parameter_counts(factory, expected):
+    assert count_parameters(factory()) == expected
+
+
+def test_densenet_bc100_has_the_papers_parameter_count():
+    model = densenet_bc(depth=100, growth_rate=12, num_classes=10)
+    assert count_parameters(model) == 769_162
+    assert isinstance(model.features.conv0, nn.Conv2d) and model.features.conv0.kernel_size == (
+        3,
+        3,
+    )
+
+
+def test_torchvision_densenet121_weights_load_and_give_the_same_outputs():
+    ours, theirs = densenet121(), torchvision.models.densenet121()
+    ours.load_state_dict(theirs.state_dict())
+    ours.eval(), theirs.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=0)
+
+
+def test_pretrained_file_loads_old_key_names_and_replaces_a_different_classifier(tmp_path):
+    tv = torchvision.models.densenet121()
+    state = tv.state_dict()
+    # torchvision's pre-0.3 naming: denselayer1.norm.1.weight instead of denselayer1.norm1.weight
+    old = {k.replace("denselayer1.norm1.", "denselayer1.norm.1."): v for k, v in state.items()}
+    assert any("norm.1." in k for k in old)
+    path = tmp_path / "tv121.pth"
+    torch.save(old, path)
+    cfg = compose_cfg(["model=densenet121", f"model.pretrained={path}"])
+    model = build_model(cfg, num_classes=7)
+    assert model.classifier.out_features == 7
+    w = model.features.denseblock1.denselayer1.norm1.weight
+    torch.testing.assert_close(w, state["features.denseblock1.denselayer1.norm1.weight"])
+
+
+def test_pretrained_from_another_architecture_names_the_mismatched_keys(tmp_path):
+    path = tmp_path / "bc.pth"
+    torch.save(densenet_bc(40).state_dict(), path)
+    with pytest.raises(RuntimeError, match="does not match this architecture"):
+        load_pretrained(densenet121(), path)
+
+
+def test_dsconv_replaces_the_3x3_conv_by_depthwise_bn_pointwise():
+    model = densenet121(conv={"type": "dsconv", "dilation": 2})
+    conv2 = model.features.denseblock1.denselayer1.conv2
+    assert isinstance(conv2, DSConv)
+    assert conv2.depthwise.groups == conv2.depthwise.in_channels == 128
+    assert conv2.depthwise.dilation == (2, 2) and conv2.depthwise.padding == (2, 2)
+    assert isinstance(conv2.bn, nn.BatchNorm2d)
+    assert conv2.pointwise.kernel_size == (1, 1)
+    assert model.features.denseblock1.denselayer1.conv1.kernel_size == (1, 1)
+    no_bn = densenet121(conv={"type": "dsconv", "inner_bn": False})
+    assert not hasattr(no_bn.features.denseblock1.denselayer1.conv2, "bn")
+
+
+def test_prelu_slopes_are_one_module_per_position_not_shared():
+    model = densenet_bc(40, act={"name": "prelu", "prelu_init": 0.1})
+    prelus = [m for m in model.modules() if isinstance(m, nn.PReLU)]
+    assert len(prelus) == len({id(m.weight) for m in prelus}) > 10
+    assert all(m.weight.detach()[0].item() == pytest.approx(0.1) for m in prelus)
+    per_channel = densenet_bc(40, act={"name": "prelu", "prelu_per_channel": True})
+    layer = per_channel.features.denseblock1.denselayer1
+    assert layer.act1.weight.numel() == layer.norm1.num_features
+
+
+def _tiny(**kw) -> DenseNet:
+    torch.manual_seed(0)
+    return DenseNet(
+        growth_rate=4, block_config=(2, 2), num_init_features=8, num_classes=3, stem="cifar", **kw
+    )
+
+
+def _one_step(model: nn.Module) -> float:
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
+    loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
+@pytest.mark.parametrize("conv", ["standard", "dsconv"])
+@pytest.mark.parametrize("act", ["relu", "swish", "prelu", "gelu", "mish"])
+def test_every_conv_and_activation_trains_a_step_with_finite_loss(conv, act):
+    model = _tiny(conv={"type": conv}, act={"name": act})
+    assert torch.isfinite(torch.tensor(_one_step(model)))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("init", ["kaiming", "xavier", "orthogonal", "default"])
+def test_every_init_reaches_the_depthwise_convs_and_trains(init):
+    torch.manual_seed(0)
+    a = DenseNet(
+        4, (2, 2), 8, num_classes=3, stem="cifar", conv={"type": "dsconv"}, init={"name": init}
+    )
+    torch.manual_seed(1)
+    b = DenseNet(
+        4, (2, 2), 8, num_classes=3, stem="cifar", conv={"type": "dsconv"}, init={"name": init}
+    )
+    dw = a.features.denseblock1.denselayer1.conv2.depthwise.weight
+    assert dw.std() > 0
+    if init == "orthogonal":  # rows of an orthogonal init are orthonormal up to the gain
+        flat = a.features.denseblock1.denselayer1.conv1.weight.detach().flatten(1)
+        gram = flat @ flat.T if flat.shape[0] <= flat.shape[1] else flat.T @ flat
+        torch.testing.assert_close(gram / gram[0, 0], torch.eye(len(gram)), atol=1e-4, rtol=0)
+    assert not torch.equal(dw, b.features.denseblock1.denselayer1.conv2.depthwise.weight)
+    bn = a.features.denseblock1.denselayer1.conv2.bn
+    assert torch.all(bn.weight == 1) and torch.all(bn.bias == 0)
+    assert torch.all(a.classifier.bias == 0)
+    assert torch.isfinite(torch.tensor(_one_step(a)))
+
+
+def test_kaiming_fan_out_gives_the_expected_spread():
+    model = densenet121(init={"name": "kaiming", "mode": "fan_out"})
+    w = model.features.denseblock3.denselayer1.conv2.weight  # 32 x 128 x 3 x 3
+    expected = (2.0 / (32 * 9)) ** 0.5
+    assert w.std().item() == pytest.approx(expected, rel=0.05)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"conv": {"type": "dsconv"}, "act": {"name": "swish"}},
+        {"act": {"name": "prelu", "prelu_per_channel": True}},
+        {"conv": {"type": "dsconv", "inner_bn": False}, "act": {"name": "mish"}},
+    ],
+)
+def test_memory_efficient_gives_the_same_outputs_gradients_and_running_stats(options):
+    plain, lean = _tiny(**options), _tiny(memory_efficient=True, **options)
+    lean.load_state_dict(plain.state_dict())
+    x = torch.randn(4, 3, 8, 8)
+    out_a, out_b = plain(x), lean(x)
+    torch.testing.assert_close(out_a, out_b)
+    out_a.square().sum().backward()
+    out_b.square().sum().backward()
+    for (name, pa), pb in zip(plain.named_parameters(), lean.parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad, msg=name)
+    for (name, ba), bb in zip(plain.named_buffers(), lean.buffers()):
+        torch.testing.assert_close(ba, bb, msg=name)  # recompute must not update BN stats twice
+
+
+@pytest.mark.parametrize("options", [{}, {"conv": {"type": "dsconv"}, "act": {"name": "prelu"}}])
+def test_channels_last_gives_the_same_outputs_and_gradients(options):
+    a, b = _tiny(**options), _tiny(**options)
+    b.load_state_dict(a.state_dict())
+    b.to(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 8, 8)
+    out_a, out_b = a(x), b(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(out_a, out_b, atol=1e-5, rtol=1e-5)
+    out_a.sum().backward()
+    out_b.sum().backward()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_build_model_rejects_a_class_count_that_disagrees_with_the_data():
+    cfg = compose_cfg(["model.num_classes=5"])
+    with pytest.raises(ValueError, match="model.num_classes=5 but the data has 10 classes"):
+        build_model(cfg, num_classes=10)
+    assert build_model(cfg, num_classes=5).classifier.out_features == 5

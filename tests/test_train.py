@@ -1,0 +1,167 @@
+import json
+import subprocess
+
+import pytest
+import torch
+
+from densenet_exp import train
+from densenet_exp.engine import loss_fn
+from densenet_exp.optim import lr_factor
+
+from conftest import PYTHON, ROOT, TINY, compose_cfg
+
+METRIC_ROW_KEYS = {
+    "epoch",
+    "step",
+    "train_loss",
+    "val_loss",
+    "val_top1",
+    "val_top5",
+    "lr",
+    "img_per_s",
+    "peak_mem_mb",
+    "time_s",
+}
+SUMMARY_KEYS = {
+    "best_val_top1",
+    "final_val_top1",
+    "epochs",
+    "steps",
+    "params",
+    "img_per_s",
+    "peak_mem_mb",
+    "wall_s",
+    "world_size",
+    "status",
+}
+
+
+def test_a_tiny_run_writes_the_documented_run_directory(tmp_path):
+    run = tmp_path / "run"
+    summary = train(compose_cfg([*TINY, "trainer.epochs=2"]), run)
+    assert SUMMARY_KEYS <= set(summary) and summary["status"] == "completed"
+    assert summary["epochs"] == 2 and summary["steps"] == 8 and summary["world_size"] == 1
+    on_disk = json.loads((run / "metrics.json").read_text())
+    assert on_disk["best_val_top1"] == summary["best_val_top1"]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]
+    assert all(METRIC_ROW_KEYS <= set(r) for r in rows)
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    assert (run / "train.log").read_text().count("epoch 1 |") == 1
+    for name in ("last.pt", "best.pt"):
+        state = torch.load(run / "checkpoints" / name, weights_only=True)
+        assert state["classes"] == ["class_0", "class_1", "class_2"]
+        assert state["eval_transform"]["image_size"] == 8
+        assert state["config"]["model"]["growth_rate"] == 4
+        assert {"model", "optimizer", "scheduler", "precision", "rng", "epoch"} <= set(state)
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 2
+
+
+def test_resume_continues_from_the_saved_epoch_and_step(tmp_path):
+    run = tmp_path / "run"
+    first = train(compose_cfg([*TINY, "trainer.epochs=1"]), run)
+    assert first["steps"] == 4
+    resumed = train(compose_cfg([*TINY, "trainer.epochs=3", "trainer.resume=auto"]), run)
+    assert resumed["steps"] == 12 and resumed["epochs"] == 3
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert [r["step"] for r in rows] == [4, 8, 12]
+    assert "resumed from" in (run / "train.log").read_text()
+
+
+def test_resume_from_a_different_architecture_names_the_keys(tmp_path):
+    run = tmp_path / "run"
+    train(compose_cfg(TINY), run)
+    cfg = compose_cfg(
+        [*TINY, "model.block_config=[2,3]", "trainer.epochs=2", "trainer.resume=auto"]
+    )
+    with pytest.raises(RuntimeError, match="different architecture.*denseblock2.denselayer3"):
+        train(cfg, run)
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_best(tmp_path):
+    run = tmp_path / "run"
+    train(compose_cfg(TINY), run)
+    best = (run / "checkpoints" / "best.pt").read_bytes()
+    # same run directory, no resume: the diverging run must not touch the earlier best.pt
+    cfg = compose_cfg(
+        [
+            *TINY,
+            "optim.lr=1e12",
+            "trainer.epochs=4",
+            "trainer.max_nonfinite_steps=2",
+            "sched=constant",
+        ]
+    )
+    with pytest.raises(RuntimeError, match=r"non-finite for 2 consecutive steps, last at step \d+"):
+        train(cfg, run)
+    assert (run / "checkpoints" / "best.pt").read_bytes() == best
+    status = json.loads((run / "metrics.json").read_text())
+    assert status["status"] == "failed" and "NonFiniteLossError" in status["error"]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["conv=dsconv", "act=prelu", "init=orthogonal", "optim=adamw"],
+        [
+            "trainer.loss=focal",
+            "trainer.label_smoothing=0.1",
+            "sched=poly",
+            "trainer.grad_accum=2",
+            "trainer.grad_clip=1.0",
+            "trainer.ema=0.9",
+        ],
+        [
+            "amp=O2",
+            "model.memory_efficient=true",
+            "trainer.channels_last=true",
+            "sched=multistep",
+            "trainer.ckpt_every_n_steps=2",
+        ],
+    ],
+)
+def test_option_combinations_train_to_completion(tmp_path, extra):
+    summary = train(compose_cfg([*TINY, *extra]), tmp_path / "run")
+    assert summary["status"] == "completed" and summary["final_val_top1"] is not None
+
+
+def test_focal_loss_is_per_sample_and_reduces_to_ce_at_gamma_zero():
+    torch.manual_seed(0)
+    logits, target = torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 0, 1])
+    ce = loss_fn(logits, target, "ce", 0.0, 2.0)
+    torch.testing.assert_close(loss_fn(logits, target, "focal", 0.0, 0.0), ce)
+    p_t = logits.softmax(1)[torch.arange(6), target]
+    expected = (-((1 - p_t) ** 2) * p_t.log()).mean()
+    torch.testing.assert_close(loss_fn(logits, target, "focal", 0.0, 2.0), expected)
+
+
+def test_lr_schedules_warm_up_per_iteration_and_end_where_they_should():
+    kw = dict(steps_per_epoch=10, total_steps=100, warmup_epochs=1.0)
+    assert lr_factor(0, "cos", **kw) == pytest.approx(0.1)
+    assert lr_factor(9, "cos", **kw) == pytest.approx(1.0)
+    assert lr_factor(100, "cos", **kw) == pytest.approx(0.0)
+    assert lr_factor(100, "cos", min_lr_ratio=0.1, **kw) == pytest.approx(0.1)
+    assert lr_factor(55, "poly", power=1.0, **kw) == pytest.approx(0.5)
+    assert lr_factor(35, "step", step_size=3, gamma=0.5, steps_per_epoch=10, total_steps=100) == 0.5
+    ms = dict(milestones=(2, 5), gamma=0.1, steps_per_epoch=10, total_steps=100)
+    assert [lr_factor(s, "multistep", **ms) for s in (19, 20, 50)] == pytest.approx([1, 0.1, 0.01])
+    assert lr_factor(77, "constant", **kw) == 1.0
+
+
+def test_cli_trains_and_writes_hydras_files(tmp_path):
+    run = tmp_path / "cli"
+    proc = subprocess.run(
+        [PYTHON, "-m", "densenet_exp", *TINY, f"hydra.run.dir={run}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert {p.name for p in (run / ".hydra").iterdir()} == {
+        "config.yaml",
+        "hydra.yaml",
+        "overrides.yaml",
+    }
+    assert json.loads((run / "metrics.json").read_text())["status"] == "completed"
