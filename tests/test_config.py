@@ -1,13 +1,12 @@
 import subprocess
 
 import pytest
+from conftest import PYTHON, ROOT, compose_cfg
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ValidationError
 
 from densenet_exp.config import config_dir
-
-from conftest import PYTHON, ROOT, compose_cfg
 
 GROUPS = ["model", "conv", "act", "amp", "init", "data", "optim", "sched", "experiment"]
 

@@ -3,13 +3,12 @@ import logging
 import numpy as np
 import pytest
 import torch
+from conftest import compose_cfg
 from PIL import Image
 
 from densenet_exp import train
 from densenet_exp.data import DataError, build_datasets, load_image
 from densenet_exp.data.imagefolder import build_imagefolder_splits
-
-from conftest import compose_cfg
 
 MODES = ["L", "P", "RGBA", "CMYK", "I;16", "RGB", "LA"]
 
@@ -80,7 +79,7 @@ def test_a_messy_folder_trains_with_the_corrupt_files_skipped_and_named(tmp_path
 def test_folder_without_val_is_split_by_class_with_a_fixed_seed(tmp_path):
     root = messy_folder(tmp_path / "flat", per_class=10, split=False)
     a_train, a_val, classes = build_imagefolder_splits(root, val_split=0.3, split_seed=3)
-    b_train, b_val, _ = build_imagefolder_splits(root, val_split=0.3, split_seed=3)
+    _, b_val, _ = build_imagefolder_splits(root, val_split=0.3, split_seed=3)
     assert classes == ["cat", "dog"]
     assert a_val == b_val and len(a_val) == 6 and len(a_train) == 14
     assert {c for _, c in a_val} == {0, 1}

@@ -4,16 +4,15 @@ import json
 import subprocess
 import time
 
+import _dist_workers as w
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import PYTHON, ROOT, TINY, compose_cfg, free_port
 from omegaconf import OmegaConf
 from torch import nn
 
-import _dist_workers as w
 from densenet_exp import distributed as du
-
-from conftest import PYTHON, ROOT, TINY, compose_cfg, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -134,7 +133,7 @@ def test_a_rank_that_raises_fails_the_job_fast_with_its_error_in_the_log(tmp_pat
     )
     run = tmp_path / "run"
     start = time.monotonic()
-    with pytest.raises(du.RankFailedError, match="rank 1 failed: .*injected failure in rank 1"):
+    with pytest.raises(du.RankFailedError, match=r"rank 1 failed: .*injected failure in rank 1"):
         du.launch(w.failing_rank, (cfg, str(run)), cfg["dist"], 2, torch.device("cpu"))
     assert time.monotonic() - start < 60  # far below the 120 s collective timeout
     log = (run / "train.log").read_text()

@@ -1,6 +1,7 @@
 import pytest
 import torch
 import torchvision
+from conftest import compose_cfg
 from torch import nn
 
 from densenet_exp.models import (
@@ -15,8 +16,6 @@ from densenet_exp.models import (
 )
 from densenet_exp.models.densenet import DenseNet
 from densenet_exp.models.layers import DSConv
-
-from conftest import compose_cfg
 
 
 @pytest.mark.parametrize(
@@ -188,6 +187,6 @@ def test_channels_last_gives_the_same_outputs_and_gradients(options):
 
 def test_build_model_rejects_a_class_count_that_disagrees_with_the_data():
     cfg = compose_cfg(["model.num_classes=5"])
-    with pytest.raises(ValueError, match="model.num_classes=5 but the data has 10 classes"):
+    with pytest.raises(ValueError, match=r"model\.num_classes=5 but the data has 10 classes"):
         build_model(cfg, num_classes=10)
     assert build_model(cfg, num_classes=5).classifier.out_features == 5

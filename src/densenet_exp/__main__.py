@@ -1,4 +1,4 @@
-"""``python -m densenet_exp [overrides]``: compose the config, train on every rank, return the objective."""
+"""``python -m densenet_exp [overrides]``: compose, train every rank, return the objective."""
 
 from __future__ import annotations
 

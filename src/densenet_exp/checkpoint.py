@@ -42,7 +42,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """``torch.load(weights_only=True)``: plain tensors and containers only, nothing that runs code."""
+    """``torch.load(weights_only=True)``: plain tensors and containers, nothing that runs code."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")

@@ -441,7 +441,8 @@ def fit(cfg: dict[str, Any], run_dir: Path, ctx: du.DistContext) -> dict[str, An
 
 def _no_buffer_sync() -> dict[str, bool]:
     """BN stats are averaged explicitly before eval (or synced by SyncBN): DDP need not copy
-    rank 0's buffers every forward. torch 2.14 renamed the flag; 2.11 (the GPU hosts) has the old one."""
+    rank 0's buffers every forward. torch 2.14 renamed the flag; 2.11 (GPU hosts) has the old one.
+    """
     import inspect
 
     if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters:
@@ -529,7 +530,7 @@ def _hparams(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_rank(cfg: dict[str, Any], run_dir: str) -> dict[str, Any]:
-    """Entry point of one rank (in-process, under torchrun, or spawned by ``distributed.launch``)."""
+    """Entry of one rank: in-process, under torchrun, or spawned by ``distributed.launch``."""
     run_path = Path(run_dir)
     ctx = du.setup(cfg["dist"], cfg["trainer"]["device"])
     setup_logging(run_path, ctx.rank)

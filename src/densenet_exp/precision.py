@@ -167,7 +167,8 @@ class Precision:
         s = self.spec
         dtype = str(s.dtype).removeprefix("torch.")
         return (
-            f"Precision({s.opt_level}, dtype={dtype}, autocast={s.autocast}, cast_model={s.cast_model}, "
+            f"Precision({s.opt_level}, dtype={dtype}, autocast={s.autocast}, "
+            f"cast_model={s.cast_model}, "
             f"keep_batchnorm_fp32={s.keep_batchnorm_fp32}, master_weights={s.master_weights}, "
             f"loss_scale={s.loss_scale})"
         )

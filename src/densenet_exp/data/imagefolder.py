@@ -1,4 +1,4 @@
-"""A folder-of-images data set that survives real folders: odd image modes, stray files, corrupt files.
+"""A folder-of-images data set that survives real folders: odd modes, stray and corrupt files.
 
 Layout: ``ROOT/train/<class>/*`` and ``ROOT/val/<class>/*``, or ``ROOT/<class>/*`` split into train
 and val by a fixed-seed stratified split. Scanning reuses torchvision's ``find_classes`` and

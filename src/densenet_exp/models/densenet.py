@@ -68,7 +68,7 @@ class _DenseLayer(nn.Module):
         self.memory_efficient = memory_efficient
 
     def bottleneck(self, *inputs: Tensor) -> Tensor:
-        """concat -> BN -> act -> 1x1 conv -> BN -> act: the part whose activations grow with depth."""
+        """concat -> BN -> act -> 1x1 conv -> BN -> act: the activations that grow with depth."""
         x = torch.cat(inputs, 1) if len(inputs) > 1 else inputs[0]
         return self.act2(self.norm2(self.conv1(self.act1(self.norm1(x)))))
 

@@ -14,7 +14,7 @@ ACTIVATIONS = ("relu", "swish", "prelu", "gelu", "mish")
 class DSConv(nn.Sequential):
     """Depthwise-separable convolution: depthwise kxk -> (BN) -> pointwise 1x1.
 
-    The BN between the two convolutions is the original trainer's design; ``inner_bn=False`` drops it.
+    The BN between the two convolutions is the original trainer's; ``inner_bn=False`` drops it.
     """
 
     def __init__(
