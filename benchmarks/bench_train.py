@@ -1,0 +1,205 @@
+#!/usr/bin/env python
+"""Training-step throughput and peak memory: densenet_exp's DenseNet against torchvision's.
+
+Times the full step (forward, loss, backward, optimizer step) on synthetic data after warm-up, for
+our model and torchvision's with the same batch, size, precision (our O0-O3 policy applied to both)
+and memory format. Every configuration runs in its own process (peak RSS on CPU is per process),
+and the implementations alternate so drift in machine load hits both alike.
+
+    python benchmarks/bench_train.py --model densenet121 --image-size 128 --batch 32
+    python benchmarks/bench_train.py --amp O0 O1 O2 --channels-last --device cuda --batch 64 256
+    python benchmarks/bench_train.py --scaling            # memory/time vs depth, with/without ME
+
+Peak memory: CUDA ``max_memory_allocated``; CPU the peak RSS. "act" is the peak minus the memory
+held between steps (weights, optimizer state): the activations and gradients of one step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+IMPLS = ("ours", "torchvision")
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def worker(spec: dict) -> dict:
+    import resource
+
+    import torch
+    import torchvision
+
+    sys.path.insert(0, str(ROOT / "src"))
+    from densenet_exp import models
+    from densenet_exp.precision import Precision
+
+    device = torch.device(spec["device"])
+    torch.manual_seed(0)
+    torch.backends.cudnn.benchmark = True
+    name, me = spec["model"], spec["memory_efficient"]
+    if spec["impl"] == "torchvision":
+        model = getattr(torchvision.models, name)(memory_efficient=me, num_classes=1000)
+    elif name.startswith("densenet_bc"):
+        model = models.densenet_bc(int(name.removeprefix("densenet_bc")), num_classes=10, memory_efficient=me)
+    else:
+        model = getattr(models, name)(memory_efficient=me, num_classes=1000)
+    model.to(device)
+    if spec["channels_last"]:
+        model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    amp = {"opt_level": spec["amp"], "dtype": "auto", "keep_batchnorm_fp32": None,
+           "master_weights": None, "loss_scale": None, "backend": "native"}
+    policy = Precision(amp, device)
+    policy.prepare(model, opt)
+    train_model = torch.compile(model) if spec["compile"] else model
+    n_cls = model.classifier.out_features
+    x = torch.randn(spec["batch"], 3, spec["image_size"], spec["image_size"], device=device)
+    x = policy.cast_input(x)
+    if spec["channels_last"]:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, n_cls, (spec["batch"],), device=device)
+
+    def step() -> None:
+        with policy.autocast():
+            loss = torch.nn.functional.cross_entropy(train_model(x).float(), y)
+        policy.backward(loss)
+        policy.step(opt)
+        policy.zero_grad(opt, model)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    base_rss = _rss_mb()
+    for _ in range(spec["warmup"]):
+        step()
+    sync()
+    if device.type == "cuda":
+        steady = torch.cuda.memory_allocated(device) / 2**20
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(spec["steps"]):
+        t = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+        act = peak - steady
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        act = peak - base_rss
+    return {"img_per_s": spec["batch"] / statistics.median(times), "peak_mb": peak, "act_mb": act}
+
+
+def run_one(spec: dict) -> dict:
+    env = dict(os.environ)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(spec)],
+        capture_output=True, text=True, env=env, timeout=1800,
+    )
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def fmt(r: dict, key: str, digits: int = 0) -> str:
+    return "err" if "error" in r else f"{r[key]:.{digits}f}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="densenet121")
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--batch", type=int, nargs="+", default=[32])
+    p.add_argument("--amp", nargs="+", default=["O0", "O1"], choices=["O0", "O1", "O2", "O3"])
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--memory-efficient", choices=["both", "on", "off"], default="both")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=1, help="alternating rounds; medians are reported")
+    p.add_argument("--scaling", action="store_true", help="memory and time vs depth (DenseNet-BC)")
+    p.add_argument("--json", type=Path, help="also write all results here")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+    import torch
+
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    print(f"# torch {torch.__version__} on {device}"
+          f" ({torch.cuda.get_device_name() if device == 'cuda' else os.cpu_count()} "
+          f"{'' if device == 'cuda' else 'CPU cores'}) | {' '.join(sys.argv[1:])}")
+    if args.scaling:
+        return scaling(args, device)
+    me_modes = {"both": [False, True], "on": [True], "off": [False]}[args.memory_efficient]
+    results = []
+    print("| batch | amp | memory_efficient | ours img/s | tv img/s | speed ours/tv | ours act MB "
+          "| tv act MB | act ours/tv | ours act / tv default act |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for batch in args.batch:
+        for level in args.amp:
+            row: dict = {}
+            for me in me_modes:
+                runs: dict = {impl: [] for impl in IMPLS}
+                for _ in range(args.repeats):
+                    for impl in IMPLS:
+                        spec = dict(model=args.model, impl=impl, memory_efficient=me, batch=batch,
+                                    image_size=args.image_size, amp=level, channels_last=args.channels_last,
+                                    compile=args.compile, device=device, steps=args.steps, warmup=args.warmup)
+                        runs[impl].append(run_one(spec))
+                med = {impl: _median(rs) for impl, rs in runs.items()}
+                row[me] = med
+                tv_default = row.get(False, {}).get("torchvision")
+                o, t = med["ours"], med["torchvision"]
+                ok = "error" not in o and "error" not in t
+                vs_default = (f"{o['act_mb'] / tv_default['act_mb']:.2f}"
+                              if ok and tv_default and "error" not in tv_default else "-")
+                print(f"| {batch} | {level} | {me} | {fmt(o, 'img_per_s', 1)} | {fmt(t, 'img_per_s', 1)} | "
+                      f"{o['img_per_s'] / t['img_per_s']:.2f}x | " if ok else f"| {batch} | {level} | {me} | "
+                      f"{o.get('error', '')} | {t.get('error', '')} | - | ", end="")
+                print(f"{fmt(o, 'act_mb')} | {fmt(t, 'act_mb')} | "
+                      f"{(o['act_mb'] / t['act_mb']) if ok else float('nan'):.2f} | {vs_default} |")
+                results.append({"batch": batch, "amp": level, "memory_efficient": me, **{
+                    f"{impl}_{k}": v for impl in IMPLS for k, v in med[impl].items()}})
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+def _median(rs: list[dict]) -> dict:
+    good = [r for r in rs if "error" not in r]
+    if not good:
+        return rs[0]
+    return {k: statistics.median(r[k] for r in good) for k in good[0]}
+
+
+def scaling(args: argparse.Namespace, device: str) -> None:
+    print("| model | memory_efficient | img/s | act MB | act MB per layer |")
+    print("|---|---|---|---|---|")
+    for depth in (40, 100, 190):
+        for me in (False, True):
+            spec = dict(model=f"densenet_bc{depth}", impl="ours", memory_efficient=me,
+                        batch=args.batch[0], image_size=args.image_size, amp=args.amp[0],
+                        channels_last=args.channels_last, compile=False, device=device,
+                        steps=args.steps, warmup=args.warmup)
+            r = run_one(spec)
+            print(f"| DenseNet-BC L={depth} | {me} | {fmt(r, 'img_per_s', 1)} | {fmt(r, 'act_mb')} | "
+                  f"{(r['act_mb'] / (depth - 4) if 'error' not in r else float('nan')):.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""CUDA-only checks (fp16 levels, native SyncBN with NCCL, memory-efficient mode). Skipped on CPU;
+run by benchmarks/gpu_check.sh on a GPU machine."""
+
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from densenet_exp import train
+from densenet_exp.models import densenet121
+from densenet_exp.models.densenet import DenseNet
+from densenet_exp.models.sync_batchnorm import convert_sync_batchnorm
+from densenet_exp.precision import Precision
+
+from conftest import TINY, compose_cfg, free_port
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+CUDA = torch.device("cuda")
+
+
+def amp(level, **kw):
+    return {"opt_level": level, "dtype": "auto", "keep_batchnorm_fp32": None, "master_weights": None,
+            "loss_scale": None, "backend": "native", **kw}
+
+
+def tiny():
+    torch.manual_seed(0)
+    return DenseNet(8, (2, 2), 16, num_classes=3, stem="cifar").to(CUDA)
+
+
+def steps(model, opt, policy, n, x, y):
+    losses = []
+    for _ in range(n):
+        with policy.autocast():
+            loss = nn.functional.cross_entropy(model(policy.cast_input(x)).float(), y)
+        policy.backward(loss)
+        policy.step(opt)
+        policy.zero_grad(opt, model)
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize(
+    "level, conv_dtype, bn_dtype, scaled",
+    [("O1", torch.float32, torch.float32, True), ("O2", torch.float16, torch.float32, True),
+     ("O3", torch.float16, torch.float16, False)],
+)
+def test_fp16_levels_on_cuda_have_their_dtypes_scaling_and_learn(level, conv_dtype, bn_dtype, scaled):
+    model = tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    policy = Precision(amp(level), CUDA)
+    policy.prepare(model, opt)
+    assert policy.spec.dtype == torch.float16
+    layer = model.features.denseblock1.denselayer1
+    assert layer.conv1.weight.dtype == conv_dtype and layer.norm1.weight.dtype == bn_dtype
+    assert (policy.scaler is not None) == scaled
+    torch.manual_seed(1)
+    x, y = torch.randn(32, 3, 16, 16, device=CUDA), torch.arange(32, device=CUDA) % 3
+    losses = steps(model, opt, policy, 20, x, y)
+    assert losses[-1] < 0.7 * losses[0], losses
+    if scaled:
+        assert policy.loss_scale >= 2.0**15
+
+
+def test_cuda_overflow_is_skipped_and_the_scale_halves():
+    model = tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    policy = Precision(amp("O2"), CUDA)
+    policy.prepare(model, opt)
+    x, y = torch.randn(8, 3, 16, 16, device=CUDA), torch.arange(8, device=CUDA) % 3
+    before = model.classifier.weight.detach().clone()
+    with policy.autocast():
+        loss = nn.functional.cross_entropy(model(policy.cast_input(x)).float(), y)
+    policy.backward(loss)
+    model.classifier.weight.grad.view(-1)[0] = float("inf")
+    policy.step(opt)
+    assert policy.loss_scale == 2.0**15 and policy.skipped_steps == 1
+    assert torch.equal(model.classifier.weight, before)
+
+
+def test_native_syncbn_with_nccl_at_world_size_one_trains_like_plain_bn():
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    dist.init_process_group("nccl", rank=0, world_size=1)
+    try:
+        plain, synced = tiny(), tiny()
+        synced = convert_sync_batchnorm(synced, CUDA)
+        assert any(isinstance(m, nn.SyncBatchNorm) for m in synced.modules())
+        ddp = nn.parallel.DistributedDataParallel(synced, device_ids=[0])
+        x, y = torch.randn(16, 3, 16, 16, device=CUDA), torch.arange(16, device=CUDA) % 3
+        for model in (plain, ddp):
+            opt = torch.optim.SGD(model.parameters(), lr=0.05)
+            policy = Precision(amp("O1"), CUDA)
+            steps(model, opt, policy, 3, x, y)
+        for a, b in zip(plain.state_dict().values(), synced.state_dict().values()):
+            torch.testing.assert_close(a.float(), b.float(), atol=2e-3, rtol=2e-3)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_memory_efficient_on_cuda_matches_and_uses_less_memory():
+    def peak(me):
+        torch.manual_seed(0)
+        model = densenet121(memory_efficient=me, num_classes=10).to(CUDA)
+        x = torch.randn(32, 3, 128, 128, device=CUDA)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        out = model(x)
+        out.square().sum().backward()
+        torch.cuda.synchronize()
+        grads = [p.grad.clone() for p in model.parameters()]
+        return out.detach(), grads, torch.cuda.max_memory_allocated() - base
+
+    torch.backends.cudnn.deterministic = True
+    out_a, grads_a, mem_a = peak(False)
+    out_b, grads_b, mem_b = peak(True)
+    torch.testing.assert_close(out_a, out_b, atol=1e-4, rtol=1e-4)
+    for ga, gb in zip(grads_a, grads_b):
+        torch.testing.assert_close(ga, gb, atol=1e-3, rtol=1e-3)
+    assert mem_b < 0.7 * mem_a, (mem_a / 2**20, mem_b / 2**20)
+
+
+@pytest.mark.parametrize("level", ["O1", "O2", "O3"])
+def test_training_runs_end_to_end_on_cuda(tmp_path, level):
+    cfg = compose_cfg([*TINY, "trainer.device=cuda", f"amp={level}", "trainer.channels_last=true",
+                       "model.memory_efficient=true"])
+    summary = train(cfg, tmp_path / "run")
+    assert summary["status"] == "completed" and summary["peak_mem_mb"] > 0
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", map_location="cpu",
+                       weights_only=True)
+    assert state["precision"]["opt_level"] == level
