@@ -51,15 +51,23 @@ def worker(spec: dict) -> dict:
     if spec["impl"] == "torchvision":
         model = getattr(torchvision.models, name)(memory_efficient=me, num_classes=1000)
     elif name.startswith("densenet_bc"):
-        model = models.densenet_bc(int(name.removeprefix("densenet_bc")), num_classes=10, memory_efficient=me)
+        model = models.densenet_bc(
+            int(name.removeprefix("densenet_bc")), num_classes=10, memory_efficient=me
+        )
     else:
         model = getattr(models, name)(memory_efficient=me, num_classes=1000)
     model.to(device)
     if spec["channels_last"]:
         model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    amp = {"opt_level": spec["amp"], "dtype": "auto", "keep_batchnorm_fp32": None,
-           "master_weights": None, "loss_scale": None, "backend": "native"}
+    amp = {
+        "opt_level": spec["amp"],
+        "dtype": "auto",
+        "keep_batchnorm_fp32": None,
+        "master_weights": None,
+        "loss_scale": None,
+        "backend": "native",
+    }
     policy = Precision(amp, device)
     policy.prepare(model, opt)
     train_model = torch.compile(model) if spec["compile"] else model
@@ -107,7 +115,10 @@ def run_one(spec: dict) -> dict:
     env = dict(os.environ)
     proc = subprocess.run(
         [sys.executable, __file__, "--worker", json.dumps(spec)],
-        capture_output=True, text=True, env=env, timeout=1800,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1800,
     )
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
@@ -119,7 +130,9 @@ def fmt(r: dict, key: str, digits: int = 0) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", default="densenet121")
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--batch", type=int, nargs="+", default=[32])
@@ -130,7 +143,9 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--repeats", type=int, default=1, help="alternating rounds; medians are reported")
+    p.add_argument(
+        "--repeats", type=int, default=1, help="alternating rounds; medians are reported"
+    )
     p.add_argument("--scaling", action="store_true", help="memory and time vs depth (DenseNet-BC)")
     p.add_argument("--json", type=Path, help="also write all results here")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -140,16 +155,22 @@ def main() -> None:
         return
     import torch
 
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    print(f"# torch {torch.__version__} on {device}"
-          f" ({torch.cuda.get_device_name() if device == 'cuda' else os.cpu_count()} "
-          f"{'' if device == 'cuda' else 'CPU cores'}) | {' '.join(sys.argv[1:])}")
+    device = (
+        args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    print(
+        f"# torch {torch.__version__} on {device}"
+        f" ({torch.cuda.get_device_name() if device == 'cuda' else os.cpu_count()} "
+        f"{'' if device == 'cuda' else 'CPU cores'}) | {' '.join(sys.argv[1:])}"
+    )
     if args.scaling:
         return scaling(args, device)
     me_modes = {"both": [False, True], "on": [True], "off": [False]}[args.memory_efficient]
     results = []
-    print("| batch | amp | memory_efficient | ours img/s | tv img/s | speed ours/tv | ours act MB "
-          "| tv act MB | act ours/tv | ours act / tv default act |")
+    print(
+        "| batch | amp | memory_efficient | ours img/s | tv img/s | speed ours/tv | ours act MB "
+        "| tv act MB | act ours/tv | ours act / tv default act |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for batch in args.batch:
         for level in args.amp:
@@ -158,24 +179,51 @@ def main() -> None:
                 runs: dict = {impl: [] for impl in IMPLS}
                 for _ in range(args.repeats):
                     for impl in IMPLS:
-                        spec = dict(model=args.model, impl=impl, memory_efficient=me, batch=batch,
-                                    image_size=args.image_size, amp=level, channels_last=args.channels_last,
-                                    compile=args.compile, device=device, steps=args.steps, warmup=args.warmup)
+                        spec = dict(
+                            model=args.model,
+                            impl=impl,
+                            memory_efficient=me,
+                            batch=batch,
+                            image_size=args.image_size,
+                            amp=level,
+                            channels_last=args.channels_last,
+                            compile=args.compile,
+                            device=device,
+                            steps=args.steps,
+                            warmup=args.warmup,
+                        )
                         runs[impl].append(run_one(spec))
                 med = {impl: _median(rs) for impl, rs in runs.items()}
                 row[me] = med
                 tv_default = row.get(False, {}).get("torchvision")
                 o, t = med["ours"], med["torchvision"]
                 ok = "error" not in o and "error" not in t
-                vs_default = (f"{o['act_mb'] / tv_default['act_mb']:.2f}"
-                              if ok and tv_default and "error" not in tv_default else "-")
-                print(f"| {batch} | {level} | {me} | {fmt(o, 'img_per_s', 1)} | {fmt(t, 'img_per_s', 1)} | "
-                      f"{o['img_per_s'] / t['img_per_s']:.2f}x | " if ok else f"| {batch} | {level} | {me} | "
-                      f"{o.get('error', '')} | {t.get('error', '')} | - | ", end="")
-                print(f"{fmt(o, 'act_mb')} | {fmt(t, 'act_mb')} | "
-                      f"{(o['act_mb'] / t['act_mb']) if ok else float('nan'):.2f} | {vs_default} |")
-                results.append({"batch": batch, "amp": level, "memory_efficient": me, **{
-                    f"{impl}_{k}": v for impl in IMPLS for k, v in med[impl].items()}})
+                vs_default = (
+                    f"{o['act_mb'] / tv_default['act_mb']:.2f}"
+                    if ok and tv_default and "error" not in tv_default
+                    else "-"
+                )
+                print(
+                    f"| {batch} | {level} | {me} | {fmt(o, 'img_per_s', 1)} | "
+                    f"{fmt(t, 'img_per_s', 1)} | "
+                    f"{o['img_per_s'] / t['img_per_s']:.2f}x | "
+                    if ok
+                    else f"| {batch} | {level} | {me} | "
+                    f"{o.get('error', '')} | {t.get('error', '')} | - | ",
+                    end="",
+                )
+                print(
+                    f"{fmt(o, 'act_mb')} | {fmt(t, 'act_mb')} | "
+                    f"{(o['act_mb'] / t['act_mb']) if ok else float('nan'):.2f} | {vs_default} |"
+                )
+                results.append(
+                    {
+                        "batch": batch,
+                        "amp": level,
+                        "memory_efficient": me,
+                        **{f"{impl}_{k}": v for impl in IMPLS for k, v in med[impl].items()},
+                    }
+                )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
@@ -192,13 +240,24 @@ def scaling(args: argparse.Namespace, device: str) -> None:
     print("|---|---|---|---|---|")
     for depth in (40, 100, 190):
         for me in (False, True):
-            spec = dict(model=f"densenet_bc{depth}", impl="ours", memory_efficient=me,
-                        batch=args.batch[0], image_size=args.image_size, amp=args.amp[0],
-                        channels_last=args.channels_last, compile=False, device=device,
-                        steps=args.steps, warmup=args.warmup)
+            spec = dict(
+                model=f"densenet_bc{depth}",
+                impl="ours",
+                memory_efficient=me,
+                batch=args.batch[0],
+                image_size=args.image_size,
+                amp=args.amp[0],
+                channels_last=args.channels_last,
+                compile=False,
+                device=device,
+                steps=args.steps,
+                warmup=args.warmup,
+            )
             r = run_one(spec)
-            print(f"| DenseNet-BC L={depth} | {me} | {fmt(r, 'img_per_s', 1)} | {fmt(r, 'act_mb')} | "
-                  f"{(r['act_mb'] / (depth - 4) if 'error' not in r else float('nan')):.2f} |")
+            print(
+                f"| DenseNet-BC L={depth} | {me} | {fmt(r, 'img_per_s', 1)} | {fmt(r, 'act_mb')} | "
+                f"{(r['act_mb'] / (depth - 4) if 'error' not in r else float('nan')):.2f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -8,7 +8,18 @@ from omegaconf.errors import ConfigAttributeError, ValidationError
 
 from densenet_exp.config import config_dir
 
-GROUPS = ["model", "conv", "act", "amp", "init", "data", "optim", "sched", "experiment"]
+GROUPS = [
+    "model",
+    "conv",
+    "act",
+    "amp",
+    "init",
+    "data",
+    "optim",
+    "sched",
+    "experiment",
+    "hparams_search",
+]
 
 
 def options(group):
@@ -21,7 +32,7 @@ def options(group):
 def test_every_option_of_every_group_composes(group, option):
     extra = ["data.root=/tmp/x"] if (group, option) == ("data", "imagefolder") else []
     cfg = compose_cfg([f"{group}={option}", *extra])
-    if group != "experiment":
+    if group not in ("experiment", "hparams_search"):
         assert cfg[group] is not None
         name_key = {"conv": "type", "amp": "opt_level"}.get(group, "name")
         assert str(getattr(cfg[group], name_key)).split(".")[-1] == option

@@ -5,6 +5,7 @@ import os
 
 import pytest
 import torch
+from conftest import TINY, compose_cfg, free_port
 from torch import nn
 
 from densenet_exp import train
@@ -13,15 +14,20 @@ from densenet_exp.models.densenet import DenseNet
 from densenet_exp.models.sync_batchnorm import convert_sync_batchnorm
 from densenet_exp.precision import Precision
 
-from conftest import TINY, compose_cfg, free_port
-
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = torch.device("cuda")
 
 
 def amp(level, **kw):
-    return {"opt_level": level, "dtype": "auto", "keep_batchnorm_fp32": None, "master_weights": None,
-            "loss_scale": None, "backend": "native", **kw}
+    return {
+        "opt_level": level,
+        "dtype": "auto",
+        "keep_batchnorm_fp32": None,
+        "master_weights": None,
+        "loss_scale": None,
+        "backend": "native",
+        **kw,
+    }
 
 
 def tiny():
@@ -43,10 +49,15 @@ def steps(model, opt, policy, n, x, y):
 
 @pytest.mark.parametrize(
     "level, conv_dtype, bn_dtype, scaled",
-    [("O1", torch.float32, torch.float32, True), ("O2", torch.float16, torch.float32, True),
-     ("O3", torch.float16, torch.float16, False)],
+    [
+        ("O1", torch.float32, torch.float32, True),
+        ("O2", torch.float16, torch.float32, True),
+        ("O3", torch.float16, torch.float16, False),
+    ],
 )
-def test_fp16_levels_on_cuda_have_their_dtypes_scaling_and_learn(level, conv_dtype, bn_dtype, scaled):
+def test_fp16_levels_on_cuda_have_their_dtypes_scaling_and_learn(
+    level, conv_dtype, bn_dtype, scaled
+):
     model = tiny()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     policy = Precision(amp(level), CUDA)
@@ -126,10 +137,18 @@ def test_memory_efficient_on_cuda_matches_and_uses_less_memory():
 
 @pytest.mark.parametrize("level", ["O1", "O2", "O3"])
 def test_training_runs_end_to_end_on_cuda(tmp_path, level):
-    cfg = compose_cfg([*TINY, "trainer.device=cuda", f"amp={level}", "trainer.channels_last=true",
-                       "model.memory_efficient=true"])
+    cfg = compose_cfg(
+        [
+            *TINY,
+            "trainer.device=cuda",
+            f"amp={level}",
+            "trainer.channels_last=true",
+            "model.memory_efficient=true",
+        ]
+    )
     summary = train(cfg, tmp_path / "run")
     assert summary["status"] == "completed" and summary["peak_mem_mb"] > 0
-    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", map_location="cpu",
-                       weights_only=True)
+    state = torch.load(
+        tmp_path / "run" / "checkpoints" / "last.pt", map_location="cpu", weights_only=True
+    )
     assert state["precision"]["opt_level"] == level

@@ -176,17 +176,43 @@ def launch(
     try:
         results = elastic_launch(config, entry)(*args)
     except ChildFailedError as e:
-        rank, failure = e.get_first_failure()
-        message = failure.message
-        if isinstance(message, dict):  # the error file's record of the exception
-            message = message.get("message", str(message))
-        first = str(message).strip().splitlines()[-1] if str(message).strip() else "no message"
-        if failure.exitcode < 0:
-            first = f"killed by signal {-failure.exitcode} ({failure.signal_name()})"
-        log.error("rank %d failed (exit code %s): %s", rank, failure.exitcode, message)
-        raise RankFailedError(f"rank {rank} failed: {first}") from None
+        raise RankFailedError(_describe_failures(e.failures)) from None
     return results.get(0) if results else None
 
 
 class RankFailedError(RuntimeError):
     """One rank of a multi-process job raised or died; the job stopped."""
+
+
+# When one rank dies, the others fail in their next collective with errors like these: they are
+# consequences, so the report leads with the rank whose error is not one of them.
+_KNOCK_ON = (
+    "Connection reset",
+    "Connection closed",
+    "Broken pipe",
+    "DistBackendError",
+    "ProcessGroup",
+    "NCCL",
+    "gloo",
+    "timed out",
+    "Timeout",
+)
+
+
+def _describe_failures(failures: dict[int, Any]) -> str:
+    def first_line(failure: Any) -> str:
+        message = failure.message
+        if isinstance(message, dict):  # the error file's record of the exception
+            message = message.get("message", str(message))
+        if failure.exitcode is not None and failure.exitcode < 0:
+            return f"killed by signal {-failure.exitcode} ({failure.signal_name()})"
+        lines = str(message).strip().splitlines()
+        return lines[-1] if lines else f"exit code {failure.exitcode}"
+
+    described = [(rank, first_line(f), f) for rank, f in failures.items()]
+    described.sort(key=lambda d: (any(k in d[1] for k in _KNOCK_ON), d[2].timestamp, d[0]))
+    for rank, line, failure in described:
+        log.error("rank %d failed (exit code %s): %s", rank, failure.exitcode, line)
+    rank, line, _ = described[0]
+    others = "".join(f"; then rank {r}: {text}" for r, text, _ in described[1:])
+    return f"rank {rank} failed: {line}{others}"

@@ -551,9 +551,10 @@ def run_rank(cfg: dict[str, Any], run_dir: str) -> dict[str, Any]:
                 "wall_s": time.perf_counter() - t0,
             },
         )
+        # No destroy_process_group here: it would make the other ranks fail with "connection
+        # closed" before this rank's own error is recorded, and the job would report that instead.
         raise
-    finally:
-        du.cleanup()
+    du.cleanup()
     _write_summary(run_path, ctx, summary)
     return summary
 

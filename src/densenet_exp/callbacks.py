@@ -1,0 +1,37 @@
+"""Hydra callbacks: the sweep summary written when a multirun ends."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+
+class SweepSummary(Callback):
+    """On ``on_multirun_end``: write summary.csv/.md/.png, and fail the sweep if a job failed.
+
+    Jobs catch their own errors in multirun (so one failure does not stop an ablation), which means
+    the sweep's exit status has to come from here.
+    """
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Summarize ``hydra.sweep.dir``; exit 1 naming the failed jobs, if any."""
+        from .runs import write_summary
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        rows = write_summary(sweep_dir)
+        log.info("sweep summary: %s (%d jobs)", sweep_dir / "summary.md", len(rows))
+        failed = [r["job"] for r in rows if r["status"] not in ("ok",)]
+        if failed:
+            # SystemExit, not an exception: Hydra turns callback exceptions into warnings
+            raise SystemExit(
+                f"{len(failed)} of {len(rows)} sweep job(s) failed: {', '.join(failed)} "
+                f"(see {sweep_dir / 'summary.md'})"
+            )

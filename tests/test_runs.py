@@ -1,0 +1,223 @@
+"""Sweeps, the sweep summary, diff and rerun, through the CLI as a user runs them."""
+
+import csv
+import json
+import subprocess
+
+import pytest
+import yaml
+from conftest import PYTHON, ROOT, TINY
+
+from densenet_exp.runs import diff_runs, load_run, main, merge_overrides, write_summary
+
+pytestmark = pytest.mark.slow
+
+
+def cli(*args, cwd=ROOT, timeout=600):
+    return subprocess.run(
+        [PYTHON, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def read_csv(path):
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def job_dirs(sweep):
+    return sorted(p for p in sweep.iterdir() if p.is_dir())
+
+
+def test_a_2x2_sweep_writes_four_jobs_and_a_summary_with_their_choices(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = cli(
+        "densenet_exp",
+        "-m",
+        *TINY,
+        "conv=standard,dsconv",
+        "act=relu,swish",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = job_dirs(sweep)
+    # named <job number>_<overrides>: readable, and unique through the number
+    assert [j.name.split("_")[0] for j in jobs] == ["0", "1", "2", "3"]
+    assert [j.name for j in jobs] == [
+        "0_conv=standard,act=relu",
+        "1_conv=standard,act=swish",
+        "2_conv=dsconv,act=relu",
+        "3_conv=dsconv,act=swish",
+    ]
+    rows = read_csv(sweep / "summary.csv")
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"ok"}
+    assert {(r["conv"], r["act"]) for r in rows} == {
+        ("standard", "relu"),
+        ("dsconv", "relu"),
+        ("standard", "swish"),
+        ("dsconv", "swish"),
+    }
+    tops = [float(r["best_val_top1"]) for r in rows]
+    assert tops == sorted(tops, reverse=True)
+    assert (sweep / "summary.md").read_text().count("| ok |") == 4
+    assert (sweep / "summary.png").stat().st_size > 10_000
+
+
+def test_a_failed_job_is_a_failed_row_and_the_sweep_exits_non_zero(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = cli(
+        "densenet_exp",
+        "-m",
+        *TINY,
+        "sched=constant",
+        "trainer.max_nonfinite_steps=1",
+        "optim.lr=0.05,1e12",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert proc.returncode != 0
+    assert "1 of 2 sweep job(s) failed" in proc.stderr
+    rows = {r["job"]: r for r in read_csv(sweep / "summary.csv")}
+    assert set(rows) == {"0_optim.lr=0.05", "1_optim.lr=1000000000000.0"}  # Hydra's float spelling
+    assert rows["0_optim.lr=0.05"]["status"] == "ok"
+    assert rows["1_optim.lr=1000000000000.0"]["status"] == "failed"
+    assert rows["1_optim.lr=1000000000000.0"]["error"].startswith(
+        "NonFiniteLossError: loss was non-finite"
+    )
+
+
+def test_summarize_rebuilds_the_table_for_any_folder_of_runs(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    assert (
+        cli("densenet_exp", "-m", *TINY, "act=relu,gelu", f"hydra.sweep.dir={sweep}").returncode
+        == 0
+    )
+    (sweep / "summary.csv").unlink()
+    # a job still running: no metrics.json yet, one epoch in metrics.jsonl
+    running = sweep / "9_running"
+    (running / ".hydra").mkdir(parents=True)
+    (running / ".hydra" / "overrides.yaml").write_text("- act=mish\n")
+    (running / "metrics.jsonl").write_text(
+        json.dumps({"epoch": 0, "step": 4, "val_top1": 0.5}) + "\n"
+    )
+    assert main(["summarize", str(sweep), "--no-plot"]) == 0
+    rows = {r["job"]: r for r in read_csv(sweep / "summary.csv")}
+    assert rows["9_running"]["status"] == "running" and rows["9_running"]["best_val_top1"] == "0.5"
+    assert len(rows) == 3
+    assert "3 run(s)" in capsys.readouterr().out
+
+
+def fake_run(path, overrides, config, summary):
+    (path / ".hydra").mkdir(parents=True)
+    (path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (path / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    choices = {"conv": config["conv"]["type"], "act": config["act"]["name"]}
+    (path / ".hydra" / "hydra.yaml").write_text(
+        yaml.safe_dump({"hydra": {"runtime": {"choices": choices}}})
+    )
+    (path / "metrics.json").write_text(json.dumps(summary))
+    return path
+
+
+def test_diff_reports_exactly_the_keys_that_differ(tmp_path, capsys):
+    base = {
+        "conv": {"type": "standard", "dilation": 1},
+        "act": {"name": "relu"},
+        "optim": {"lr": 0.1, "betas": [0.9, 0.99]},
+        "trainer": {"epochs": 3},
+    }
+    other = {
+        "conv": {"type": "dsconv", "dilation": 1},
+        "act": {"name": "relu"},
+        "optim": {"lr": 0.05, "betas": [0.9, 0.99]},
+        "trainer": {"epochs": 3, "seed": 1},
+    }
+    a = fake_run(
+        tmp_path / "a", ["conv=standard"], base, {"status": "completed", "best_val_top1": 0.9}
+    )
+    b = fake_run(
+        tmp_path / "b", ["conv=dsconv"], other, {"status": "completed", "best_val_top1": 0.95}
+    )
+    d = diff_runs(load_run(a), load_run(b))
+    assert d["groups"] == {"conv": ("standard", "dsconv")}
+    assert d["values"] == {
+        "conv.type": ("standard", "dsconv"),
+        "optim.lr": (0.1, 0.05),
+        "trainer.seed": (None, 1),
+    }
+    assert d["metrics"]["best_val_top1"] == (0.9, 0.95)
+    assert main(["diff", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "conv: standard -> dsconv" in out and "0.0500" in out  # the top-1 delta
+    assert main(["diff", str(a), str(a)]) == 0  # identical runs: exit 0 too
+    assert "(none)" in capsys.readouterr().out
+
+
+def test_merge_overrides_replaces_keys_and_keeps_the_rest():
+    assert merge_overrides(["conv=standard", "act=swish", "+x=1"], ["conv=dsconv", "x=2"]) == [
+        "act=swish",
+        "conv=dsconv",
+        "x=2",
+    ]
+
+
+def test_rerun_switches_the_whole_group_and_equals_a_fresh_run(tmp_path):
+    parent, fresh, child = tmp_path / "parent", tmp_path / "fresh", tmp_path / "child"
+    assert cli("densenet_exp", *TINY, "act=swish", f"hydra.run.dir={parent}").returncode == 0
+    proc = cli(
+        "densenet_exp.runs",
+        "rerun",
+        str(parent),
+        "conv=dsconv",
+        "conv.dilation=2",
+        "--out",
+        str(child),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (
+        cli(
+            "densenet_exp",
+            *TINY,
+            "act=swish",
+            "conv=dsconv",
+            "conv.dilation=2",
+            f"hydra.run.dir={fresh}",
+        ).returncode
+        == 0
+    )
+    child_cfg = yaml.safe_load((child / ".hydra" / "config.yaml").read_text())
+    fresh_cfg = yaml.safe_load((fresh / ".hydra" / "config.yaml").read_text())
+    assert child_cfg == fresh_cfg
+    assert child_cfg["conv"] == {
+        "type": "dsconv",
+        "kernel_size": 3,
+        "dilation": 2,
+        "inner_bn": True,
+    }
+    assert (child / "parent.txt").read_text().startswith(str(parent.resolve()))
+    diff = (child / "diff.txt").read_text()
+    assert (
+        "conv: standard -> dsconv" in diff
+        and "act" not in diff.split("config values")[0].split("group choices that differ:")[1]
+    )
+
+
+def test_a_sweep_with_two_ranks_per_job_makes_one_directory_per_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = cli(
+        "densenet_exp",
+        "-m",
+        *TINY,
+        "dist.nproc_per_node=2",
+        "act=relu,swish",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = job_dirs(sweep)
+    assert len(jobs) == 2
+    for job in jobs:
+        assert json.loads((job / "metrics.json").read_text())["world_size"] == 2
+    assert len(read_csv(sweep / "summary.csv")) == 2
+    assert not list(ROOT.glob("outputs/*/*_rerun"))  # nothing leaked into the checkout
+
+
+def test_write_summary_handles_an_empty_folder(tmp_path):
+    assert write_summary(tmp_path) == []
