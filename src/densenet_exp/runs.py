@@ -179,7 +179,7 @@ def _plot(runs: list[Run], path: Path) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
     for run in runs:
-        label = " ".join(run.overrides) or run.name
+        label = run.name
         if run.history:
             left.plot(
                 [r["epoch"] + 1 for r in run.history],
@@ -198,7 +198,7 @@ def _plot(runs: list[Run], path: Path) -> None:
     right.set(xlabel="training img/s", ylabel="best val top-1", title="accuracy vs speed")
     left.grid(alpha=0.3)
     right.grid(alpha=0.3)
-    if runs:
+    if any(run.history for run in runs):
         left.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

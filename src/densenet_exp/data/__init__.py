@@ -159,8 +159,7 @@ def build_loaders(
         persistent_workers=bool(data_cfg["persistent_workers"]) and workers > 0,
     )
     if workers:
-        # the default start method in a torch.distributed child may be fork after threads exist
-        loader_args["multiprocessing_context"] = "forkserver" if _forkserver_ok() else None
+        loader_args["multiprocessing_context"] = _worker_context()
     generator = torch.Generator().manual_seed(seed + rank)
     train = DataLoader(
         bundle.train,
@@ -179,7 +178,15 @@ def build_loaders(
     return train, val, sampler
 
 
-def _forkserver_ok() -> bool:
+def _worker_context() -> str:
+    """forkserver where available: forking a process that already runs torch's threads can hang.
+
+    Under Hydra's joblib launcher the job runs in a loky worker whose start method is "loky", a
+    name that does not exist in the children DataLoader starts: they die in multiprocessing's
+    ``prepare()`` ("DataLoader worker exited unexpectedly", hydra#964). Reset it to spawn.
+    """
     import multiprocessing as mp
 
-    return "forkserver" in mp.get_all_start_methods()
+    if mp.get_start_method(allow_none=True) == "loky":
+        mp.set_start_method("spawn", force=True)
+    return "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
