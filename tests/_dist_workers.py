@@ -118,3 +118,19 @@ def failing_rank(cfg: dict, run_dir: str) -> dict:
 
         engine.evaluate = broken
     return engine.run_rank(cfg, run_dir)
+
+
+def ddp_memory_efficient_worker(rank: int, world: int, port: int, out: str) -> None:
+    """The fused memory-efficient path under DDP (PReLU slopes included) equals the plain one."""
+    init(rank, world, port)
+    states = {}
+    for me in (False, True):
+        torch.manual_seed(0)
+        model = DenseNet(
+            4, (2, 2), 8, num_classes=3, stem="cifar", act={"name": "prelu"}, memory_efficient=me
+        )
+        train_steps(nn.parallel.DistributedDataParallel(model), rank, world)
+        states[me] = model.state_dict()
+    if rank == 0:
+        torch.save(states, f"{out}/me.pt")
+    dist.destroy_process_group()

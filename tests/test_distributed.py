@@ -138,3 +138,55 @@ def test_a_rank_that_raises_fails_the_job_fast_with_its_error_in_the_log(tmp_pat
     assert time.monotonic() - start < 60  # far below the 120 s collective timeout
     log = (run / "train.log").read_text()
     assert "[rank 1] training failed on rank 1: ValueError: injected failure in rank 1" in log
+
+
+def test_slurm_rendezvous_uses_the_first_node_and_the_job_id(monkeypatch):
+    assert du.expand_nodelist("gpu[01-03,7],cpu5") == ["gpu01", "gpu02", "gpu03", "gpu7", "cpu5"]
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "node[08-09]")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    cfg = {"rdzv_endpoint": "slurm:29555", "rdzv_id": "exp"}
+    assert du.rendezvous(cfg) == ("node08:29555", "exp-4242")
+    assert du.rendezvous({"rdzv_endpoint": "host:1", "rdzv_id": "x"}) == ("host:1", "x")
+    monkeypatch.delenv("SLURM_JOB_NODELIST")
+    with pytest.raises(ValueError, match="outside a SLURM job"):
+        du.rendezvous(cfg)
+
+
+def test_torchrun_recipe_trains_two_ranks_in_one_directory(tmp_path):
+    run = tmp_path / "run"
+    proc = subprocess.run(
+        [
+            PYTHON,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "--no-python",
+            "launch/rank.sh",
+            *TINY,
+            f"hydra.run.dir={run}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "PYTHON": PYTHON},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run / "metrics.json").read_text())
+    assert summary["world_size"] == 2
+    assert sorted(p.name for p in run.iterdir()) == [
+        ".hydra",
+        "checkpoints",
+        "metrics.json",
+        "metrics.jsonl",
+        "tb",
+        "train.log",
+    ]
+
+
+def test_memory_efficient_layers_train_identically_under_ddp(tmp_path):
+    spawn(w.ddp_memory_efficient_worker, tmp_path)
+    states = torch.load(tmp_path / "me.pt", weights_only=True)
+    for key, value in states[False].items():
+        torch.testing.assert_close(states[True][key], value, msg=key)

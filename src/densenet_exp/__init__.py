@@ -39,13 +39,24 @@ def train(cfg: Any, run_dir: str | Path | None = None) -> dict[str, Any]:
     if run_dir is None:
         raise ValueError("train(cfg) needs run_dir when called outside a Hydra app")
     run_dir = run_dir.resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    _check_writable(run_dir)
     device = du.resolve_device(cfg["trainer"]["device"])
     nproc = du.nproc_per_node(cfg["dist"], device)
     if du.under_external_launcher() or (nproc == 1 and int(cfg["dist"]["nnodes"]) == 1):
         return run_rank(cfg, str(run_dir))
     _prepare_data_once(cfg)
     return du.launch(spawned_rank, (cfg, str(run_dir)), cfg["dist"], nproc, device)
+
+
+def _check_writable(run_dir: Path) -> None:
+    """Fail before any work when results could not be saved."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise PermissionError(f"output directory {run_dir} is not writable: {e}") from e
 
 
 def _prepare_data_once(cfg: dict[str, Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import tempfile
@@ -11,15 +12,18 @@ from typing import Any
 import numpy as np
 import torch
 
+log = logging.getLogger(__name__)
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, truncated, or not loadable as plain tensors."""
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+def save_checkpoint(state: dict[str, Any], path: str | Path, keep_previous: bool = False) -> Path:
     """Write via a temp file in the same folder, fsync, then rename over ``path``.
 
     A crash mid-write leaves the previous file intact; a reader never sees half a checkpoint.
+    ``keep_previous`` first moves the old file to ``<name>.prev.pt``, a fallback for resume.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -29,6 +33,8 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        if keep_previous and path.exists():
+            os.replace(path, previous_path(path))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -39,6 +45,10 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     finally:
         os.close(dir_fd)
     return path
+
+
+def previous_path(path: Path) -> Path:
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -85,16 +95,30 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
-def find_resume_checkpoint(resume: str | None, run_dir: Path) -> Path | None:
-    """``null``: none; ``auto``: this run's last.pt if any; otherwise the given path."""
+def load_resume_state(
+    resume: str | None, run_dir: Path, map_location: str | Any = "cpu"
+) -> tuple[Path | None, dict[str, Any] | None]:
+    """The checkpoint to resume from, loaded.
+
+    ``null``: none. ``auto``: this run's ``last.pt``, falling back to ``last.prev.pt`` then
+    ``best.pt`` when it is missing or corrupt (a fresh start when there is none at all). A path (a
+    file, or a run directory) must load, or the error names it.
+    """
     if not resume:
-        return None
+        return None, None
     if resume == "auto":
-        last = run_dir / "checkpoints" / "last.pt"
-        return last if last.is_file() else None
+        folder = run_dir / "checkpoints"
+        for path in (folder / "last.pt", folder / "last.prev.pt", folder / "best.pt"):
+            if not path.is_file():
+                continue
+            try:
+                return path, load_checkpoint(path, map_location)
+            except CheckpointError as e:
+                log.warning("trainer.resume=auto: skipping %s", e)
+        return None, None
     path = Path(resume).expanduser()
     if path.is_dir():
         path = path / "checkpoints" / "last.pt"
     if not path.is_file():
         raise CheckpointError(f"trainer.resume: no checkpoint at {path}")
-    return path
+    return path, load_checkpoint(path, map_location)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -134,6 +135,34 @@ def barrier() -> None:
         dist.barrier()
 
 
+def expand_nodelist(nodelist: str) -> list[str]:
+    """SLURM's compact host list (``gpu[01-03,7],cpu5``) as host names, in order."""
+    hosts: list[str] = []
+    for m in re.finditer(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist):
+        prefix, ranges = m.group(1), m.group(2)
+        if not ranges:
+            hosts.append(prefix)
+            continue
+        for part in ranges.split(","):
+            lo, _, hi = part.partition("-")
+            for i in range(int(lo), int(hi or lo) + 1):
+                hosts.append(f"{prefix}{i:0{len(lo)}d}")
+    return hosts
+
+
+def rendezvous(dist_cfg: dict[str, Any]) -> tuple[str, str]:
+    """``(endpoint, run id)``; ``slurm`` or ``slurm:PORT`` means the job's first node and job id."""
+    endpoint, run_id = str(dist_cfg["rdzv_endpoint"]), str(dist_cfg["rdzv_id"])
+    if endpoint.split(":")[0] != "slurm":
+        return endpoint, run_id
+    nodelist = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST")
+    if not nodelist:
+        raise ValueError("dist.rdzv_endpoint=slurm outside a SLURM job (no SLURM_JOB_NODELIST)")
+    port = endpoint.split(":")[1] if ":" in endpoint else "29400"
+    job = os.environ.get("SLURM_JOB_ID", run_id)
+    return f"{expand_nodelist(nodelist)[0]}:{port}", f"{run_id}-{job}"
+
+
 def launch(
     entry: Callable[..., Any],
     args: tuple[Any, ...],
@@ -150,7 +179,7 @@ def launch(
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     nnodes = int(dist_cfg["nnodes"])
-    endpoint = str(dist_cfg["rdzv_endpoint"])
+    endpoint, run_id = rendezvous(dist_cfg)
     if nnodes > 1 and endpoint.endswith(":0"):
         raise ValueError(
             f"dist.nnodes={nnodes} needs dist.rdzv_endpoint=HOST:PORT reachable from every node "
@@ -163,7 +192,7 @@ def launch(
         min_nodes=nnodes,
         max_nodes=nnodes,
         nproc_per_node=nproc,
-        run_id=str(dist_cfg["rdzv_id"]),
+        run_id=run_id,
         rdzv_backend="c10d",  # LaunchConfig's default is etcd
         rdzv_endpoint=endpoint,
         rdzv_configs={"join_timeout": int(dist_cfg["timeout_s"])},

@@ -11,7 +11,9 @@ import logging
 import math
 import random
 import resource
+import signal
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -25,13 +27,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import distributed as du
-from .checkpoint import (
-    find_resume_checkpoint,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from .checkpoint import load_resume_state, rng_state, save_checkpoint, set_rng_state
 from .data import DataError, build_datasets, build_loaders, eval_transform_settings
 from .models import build_model, count_parameters, min_input_size
 from .models.sync_batchnorm import convert_sync_batchnorm
@@ -45,6 +41,42 @@ class NonFiniteLossError(RuntimeError):
     """Training diverged: the loss stayed inf/nan for ``trainer.max_nonfinite_steps`` steps."""
 
 
+class TrainingInterrupted(RuntimeError):
+    """SIGTERM/SIGINT: the current step finished and ``last.pt`` was written."""
+
+
+class _StopSignal:
+    """First SIGTERM/SIGINT: ask the loop to stop after this step. Second: default action (exit)."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopSignal:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = signal.Signals(signum).name
+        log.warning("%s: stopping after this step (send it again to stop at once)", self.received)
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def requested(self, ctx: du.DistContext) -> bool:
+        """Whether any rank got a signal (one tiny all-reduce per step under DDP)."""
+        if not ctx.distributed:
+            return self.received is not None
+        flag = torch.tensor([1.0 if self.received else 0.0], device=ctx.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+
 # -- small helpers --------------------------------------------------------------------------------
 def setup_logging(run_dir: Path, rank: int) -> None:
     """Rank 0 logs INFO to ``train.log`` and the console; other ranks log warnings, tagged."""
@@ -54,11 +86,15 @@ def setup_logging(run_dir: Path, rank: int) -> None:
     fmt = logging.Formatter(
         f"[%(asctime)s][%(name)s][%(levelname)s]{'' if rank == 0 else f'[rank {rank}]'} %(message)s"
     )
-    has_file = any(
-        isinstance(h, logging.FileHandler) and Path(h.baseFilename).resolve() == path
+    ours = [
+        h
         for h in root.handlers
-    )
-    if not has_file:
+        if isinstance(h, logging.FileHandler) and Path(h.baseFilename).resolve() == path
+    ]
+    for handler in ours:  # e.g. Hydra's, in every rank under torchrun: tag the rank
+        if rank != 0:
+            handler.setFormatter(fmt)
+    if not ours:
         handler = logging.FileHandler(path, mode="a")
         handler.setFormatter(fmt)
         root.addHandler(handler)
@@ -151,6 +187,14 @@ def evaluate(
 
 # -- the loop -------------------------------------------------------------------------------------
 def fit(cfg: dict[str, Any], run_dir: Path, ctx: du.DistContext) -> dict[str, Any]:
+    """Train and evaluate for ``trainer.epochs``; returns the summary written to metrics.json."""
+    with _StopSignal() as stop_signal:
+        return _fit(cfg, run_dir, ctx, stop_signal)
+
+
+def _fit(
+    cfg: dict[str, Any], run_dir: Path, ctx: du.DistContext, stop_signal: _StopSignal
+) -> dict[str, Any]:
     t_start = time.perf_counter()
     tr, data_cfg = cfg["trainer"], cfg["data"]
     device, main = ctx.device, ctx.is_main
@@ -208,9 +252,10 @@ def fit(cfg: dict[str, Any], run_dir: Path, ctx: du.DistContext) -> dict[str, An
 
     # resume
     start_epoch, start_batch, global_step, best_top1 = 0, 0, 0, -1.0
-    resume_path = find_resume_checkpoint(tr["resume"], run_dir)
-    if resume_path is not None:
-        state = load_checkpoint(resume_path, map_location=device)
+    epoch_partial = (0.0, 0)  # this rank's (loss sum, steps) of a resumed, half-done epoch
+    rank_buffers: dict[str, list] = {}  # this rank's own BN stats of a half-done epoch
+    resume_path, state = load_resume_state(tr["resume"], run_dir, map_location=device)
+    if state is not None:
         _load_model_state(model, state["model"], resume_path)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -219,16 +264,26 @@ def fit(cfg: dict[str, Any], run_dir: Path, ctx: du.DistContext) -> dict[str, An
             ema.load_state_dict(state["ema"])
         start_epoch, start_batch = int(state["epoch"]), int(state["batch_in_epoch"])
         global_step, best_top1 = int(state["global_step"]), float(state["best_top1"])
-        rng = state.get("rng", {}).get(ctx.rank)
-        if rng is not None:
-            set_rng_state(rng)
+        rank_state = state.get("ranks", {}).get(ctx.rank)
+        if rank_state is not None:
+            set_rng_state(rank_state["rng"])
+            epoch_partial = (rank_state["loss_sum"], rank_state["loss_count"])
+            rank_buffers = rank_state.get("buffers", {})
+        if main:
+            _truncate_metrics(run_dir / "metrics.jsonl", global_step)
         log.info("resumed from %s at epoch %d, step %d", resume_path, start_epoch, global_step)
+        del state
 
     ddp_model: nn.Module = model
     if ctx.distributed:
         ddp_model = DDP(
             model, device_ids=[device.index] if device.type == "cuda" else None, **_no_buffer_sync()
         )
+    if rank_buffers:  # after DDP, which copies rank 0's buffers to every rank when it wraps
+        own = dict(model.named_buffers())
+        with torch.no_grad():
+            for name, values in rank_buffers.items():
+                own[name].copy_(torch.tensor(values, dtype=own[name].dtype))
     train_model = torch.compile(ddp_model) if tr["compile"] else ddp_model
 
     batch_size = int(data_cfg["batch_size"])
@@ -257,8 +312,16 @@ def fit(cfg: dict[str, Any], run_dir: Path, ctx: du.DistContext) -> dict[str, An
         "config": cfg,
     }
 
-    def checkpoint(epoch: int, batch_in_epoch: int, name: str) -> None:
-        states = _gather_rng(ctx)
+    def checkpoint(
+        epoch: int, batch_in_epoch: int, name: str, partial: tuple[float, int] = (0.0, 0)
+    ) -> None:
+        extra: dict[str, Any] = {"loss_sum": partial[0], "loss_count": partial[1]}
+        if ctx.distributed and not cfg["sync_bn"] and batch_in_epoch:
+            # mid-epoch, each rank's BN running stats are still its own (averaged at epoch end)
+            extra["buffers"] = {
+                k: b.tolist() for k, b in unwrap(model).named_buffers() if "running_" in k
+            }
+        ranks = _gather_rank_state(ctx, extra)
         if not main:
             return
         save_checkpoint(
@@ -272,10 +335,11 @@ def fit(cfg: dict[str, Any], run_dir: Path, ctx: du.DistContext) -> dict[str, An
                 "batch_in_epoch": batch_in_epoch,
                 "global_step": global_step,
                 "best_top1": best_top1,
-                "rng": states,
+                "ranks": ranks,
                 **common_state,
             },
             ckpt_dir / name,
+            keep_previous=name == "last.pt",
         )
 
     summary: dict[str, Any] = {}
@@ -294,8 +358,9 @@ def fit(cfg: dict[str, Any], run_dir: Path, ctx: du.DistContext) -> dict[str, An
         _set_data_epoch(bundle.train, epoch)
         ddp_model.train()
         t_epoch = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        loss_count = 0
+        resumed = epoch == start_epoch and skip_batches > 0
+        loss_sum = torch.full((), epoch_partial[0] if resumed else 0.0, device=device)
+        loss_count = epoch_partial[1] if resumed else 0
         pending: torch.Tensor | None = None  # last step's loss, checked one step late (no sync)
         bar = _progress(train_loader, epoch, epochs, progress)
         micro = 0
@@ -352,11 +417,18 @@ def fit(cfg: dict[str, Any], run_dir: Path, ctx: du.DistContext) -> dict[str, An
                     writer.add_scalar("train/loss", pending.item(), global_step)
                     writer.add_scalar("train/lr", lr, global_step)
             every = int(tr["ckpt_every_n_steps"])
-            if every and global_step % every == 0:
+            stopping = stop_signal.requested(ctx)
+            if stopping or (every and global_step % every == 0):
                 nonfinite_streak = _check_loss(pending, nonfinite_streak, global_step, tr, ckpt_dir)
                 pending = None
                 if nonfinite_streak == 0:
-                    checkpoint(epoch, batch_idx + 1, "last.pt")
+                    checkpoint(epoch, batch_idx + 1, "last.pt", (loss_sum.item(), loss_count))
+            if stopping:
+                raise TrainingInterrupted(
+                    f"{stop_signal.received or 'a signal on another rank'}: stopped at step "
+                    f"{global_step} (epoch {epoch}) after writing {ckpt_dir / 'last.pt'}; "
+                    "continue with trainer.resume=auto"
+                )
             if tr["max_steps"] is not None and global_step >= int(tr["max_steps"]):
                 stop = True
                 break
@@ -480,14 +552,30 @@ def _load_model_state(model: nn.Module, state: dict[str, torch.Tensor], path: Pa
     model.load_state_dict(state)
 
 
-def _gather_rng(ctx: du.DistContext) -> dict[int, Any]:
-    """Every rank's RNG state, collected on rank 0 (per-rank seeds make them differ)."""
-    state = rng_state()
+def _gather_rank_state(ctx: du.DistContext, extra: dict[str, Any]) -> dict[int, Any]:
+    """Every rank's RNG state (and ``extra``), collected on rank 0: per-rank seeds differ."""
+    state = {"rng": rng_state(), **extra}
     if not ctx.distributed:
         return {0: state}
     gathered: list[Any] = [None] * ctx.world_size if ctx.is_main else []
     torch.distributed.gather_object(state, gathered if ctx.is_main else None, dst=0)
     return dict(enumerate(gathered)) if ctx.is_main else {}
+
+
+def _truncate_metrics(path: Path, global_step: int) -> None:
+    """Drop rows written after the checkpoint we resume from (a crash between the two)."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    keep = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= global_step:
+                keep.append(line)
+        except (json.JSONDecodeError, KeyError):  # a half-written last line
+            continue
+    if len(keep) != len(lines):
+        path.write_text("".join(line + "\n" for line in keep))
 
 
 def _set_data_epoch(dataset: Any, epoch: int) -> None:
@@ -537,8 +625,13 @@ def run_rank(cfg: dict[str, Any], run_dir: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     try:
         summary = fit(cfg, run_path, ctx)
-    except KeyboardInterrupt:
-        _write_summary(run_path, ctx, {"status": "interrupted", "wall_s": time.perf_counter() - t0})
+    except (KeyboardInterrupt, TrainingInterrupted) as e:
+        log.warning("interrupted: %s", e or "KeyboardInterrupt")
+        _write_summary(
+            run_path,
+            ctx,
+            {"status": "interrupted", "error": str(e), "wall_s": time.perf_counter() - t0},
+        )
         raise
     except BaseException as e:
         log.error("training failed on rank %d: %s: %s", ctx.rank, type(e).__name__, e)

@@ -174,20 +174,19 @@ class Precision:
         )
 
     # -- set-up ---------------------------------------------------------------------------------
-    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:
         """Cast the model for O2/O3 and give the optimizer fp32 masters where the level wants them.
 
         Call once, after the optimizer is built on the fp32 model and before DDP wraps the model.
+        Without an optimizer (inference) only the casting is done.
         """
         if not self.spec.cast_model:
             return
-        if self.spec.master_weights:
-            lookup: dict[int, torch.Tensor] = {}
+        if self.spec.master_weights and optimizer is not None:
             for group in optimizer.param_groups:
                 masters = []
                 for p in group["params"]:
                     master = p.detach().clone().float().requires_grad_(True)
-                    lookup[id(p)] = master
                     self.masters.append((p, master))
                     masters.append(master)
                 group["params"] = masters

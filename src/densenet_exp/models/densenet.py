@@ -18,6 +18,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from torch import Tensor, nn
 
+from .fused import bn_act_conv, fusable
 from .init import init_weights
 from .layers import act_factory, make_conv
 
@@ -74,9 +75,18 @@ class _DenseLayer(nn.Module):
 
     def forward(self, inputs: Tensor | Sequence[Tensor]) -> Tensor:
         features = [inputs] if isinstance(inputs, Tensor) else list(inputs)
-        if self.memory_efficient and torch.is_grad_enabled() and self.training:
-            # Keep only the (already stored) inputs; the concatenation, both BN outputs and the
-            # bottleneck are recomputed in backward. No RNG inside, so no RNG state to stash.
+        if not (self.memory_efficient and self.training and torch.is_grad_enabled()):
+            out = self.conv2(self.bottleneck(*features))
+        elif fusable(self.norm1, self.conv1):
+            # keep only the inputs of each BN-act-conv; backward recomputes BN and act, not convs
+            h = bn_act_conv(features, self.norm1, self.act1, self.conv1)
+            if fusable(self.norm2, self.conv2):
+                out = bn_act_conv([h], self.norm2, self.act2, self.conv2)
+            else:  # dsconv: depthwise -> BN -> pointwise stays a module
+                out = self.conv2(self.act2(self.norm2(h)))
+        else:
+            # synchronized BN needs its collectives: recompute the bottleneck through the modules.
+            # No RNG inside, so no RNG state to stash.
             h = cp.checkpoint(
                 self.bottleneck,
                 *features,
@@ -84,9 +94,7 @@ class _DenseLayer(nn.Module):
                 preserve_rng_state=False,
                 context_fn=lambda: (contextlib.nullcontext(), _frozen_bn_stats(self)),
             )
-        else:
-            h = self.bottleneck(*features)
-        out = self.conv2(h)
+            out = self.conv2(h)
         if self.drop_rate > 0:
             out = F.dropout(out, p=self.drop_rate, training=self.training)
         return out
@@ -125,12 +133,29 @@ class _DenseBlock(nn.ModuleDict):
 
 
 class _Transition(nn.Sequential):
-    def __init__(self, num_input_features: int, num_output_features: int, act: ActFactory) -> None:
+    def __init__(
+        self,
+        num_input_features: int,
+        num_output_features: int,
+        act: ActFactory,
+        memory_efficient: bool = False,
+    ) -> None:
         super().__init__()
         self.norm = nn.BatchNorm2d(num_input_features)
         self.act = act(num_input_features, inplace=True)
         self.conv = nn.Conv2d(num_input_features, num_output_features, kernel_size=1, bias=False)
         self.pool = nn.AvgPool2d(kernel_size=2, stride=2)
+        self.memory_efficient = memory_efficient
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (
+            self.memory_efficient
+            and self.training
+            and torch.is_grad_enabled()
+            and fusable(self.norm, self.conv)
+        ):
+            return self.pool(bn_act_conv([x], self.norm, self.act, self.conv))
+        return super().forward(x)
 
 
 class DenseNet(nn.Module):
@@ -145,7 +170,8 @@ class DenseNet(nn.Module):
         drop_rate: dropout after each dense layer.
         num_classes: classifier outputs.
         stem: ``imagenet`` (7x7/s2 conv + max-pool) or ``cifar`` (3x3/s1 conv).
-        memory_efficient: recompute the concat-BN-act-1x1-BN-act part in backward.
+        memory_efficient: keep only each layer's inputs and output; backward recomputes the
+            concatenations, BNs and activations (not the convolutions).
         act: activation config (``name``, ``prelu_init``, ``prelu_per_channel``).
         conv: spatial conv config (``type``, ``kernel_size``, ``dilation``, ``inner_bn``).
         init: weight init config (``name``, ``mode``, ``distribution``).
@@ -208,7 +234,8 @@ class DenseNet(nn.Module):
             if i != len(block_config) - 1:
                 out_features = int(num_features * compression)
                 self.features.add_module(
-                    f"transition{i + 1}", _Transition(num_features, out_features, make_act)
+                    f"transition{i + 1}",
+                    _Transition(num_features, out_features, make_act, memory_efficient),
                 )
                 num_features = out_features
 
