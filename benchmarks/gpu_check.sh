@@ -29,8 +29,8 @@ timeout 120 $PY -m densenet_exp amp=O1 trainer.progress=false hydra.run.dir="$OU
 cat "$OUT/runs/default_O1/metrics.json" 2>/dev/null
 
 section "densenet121 224px, batch 64, O0/O1/O2, channels_last, vs torchvision"
-timeout 240 $PY benchmarks/bench_train.py --device cuda --model densenet121 --image-size 224 \
-  --batch 64 --amp O0 O1 O2 --channels-last --memory-efficient off --steps 10 --warmup 5
+timeout 300 $PY benchmarks/bench_train.py --device cuda --model densenet121 --image-size 224 \
+  --batch 64 --amp O0 O1 O2 --channels-last --memory-efficient off --steps 10 --warmup 5 --repeats 2
 
 section "densenet121 224px, batch 256, O1/O2, channels_last, memory_efficient off/on"
 timeout 300 $PY benchmarks/bench_train.py --device cuda --model densenet121 --image-size 224 \

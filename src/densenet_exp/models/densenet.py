@@ -125,11 +125,15 @@ class _DenseBlock(nn.ModuleDict):
             )
             self.add_module(f"denselayer{i + 1}", layer)
 
-    def forward(self, init_features: Tensor) -> Tensor:
-        features = [init_features]
+        # set on blocks followed by a memory-efficient transition: it takes the list, so the
+        # block's concatenated output is never stored
+        self.return_features = False
+
+    def forward(self, init_features: Tensor | list[Tensor]) -> Tensor | list[Tensor]:
+        features = [init_features] if isinstance(init_features, Tensor) else list(init_features)
         for layer in self.values():
             features.append(layer(features))
-        return torch.cat(features, 1)
+        return features if self.return_features else torch.cat(features, 1)
 
 
 class _Transition(nn.Sequential):
@@ -147,15 +151,16 @@ class _Transition(nn.Sequential):
         self.pool = nn.AvgPool2d(kernel_size=2, stride=2)
         self.memory_efficient = memory_efficient
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor | list[Tensor]) -> Tensor:
+        features = [x] if isinstance(x, Tensor) else x
         if (
             self.memory_efficient
             and self.training
             and torch.is_grad_enabled()
             and fusable(self.norm, self.conv)
         ):
-            return self.pool(bn_act_conv([x], self.norm, self.act, self.conv))
-        return super().forward(x)
+            return self.pool(bn_act_conv(features, self.norm, self.act, self.conv))
+        return super().forward(torch.cat(features, 1) if len(features) > 1 else features[0])
 
 
 class DenseNet(nn.Module):
@@ -232,6 +237,7 @@ class DenseNet(nn.Module):
             self.features.add_module(f"denseblock{i + 1}", block)
             num_features += num_layers * growth_rate
             if i != len(block_config) - 1:
+                block.return_features = memory_efficient
                 out_features = int(num_features * compression)
                 self.features.add_module(
                     f"transition{i + 1}",
