@@ -50,10 +50,13 @@ def worker(spec: dict) -> dict:
     name, me = spec["model"], spec["memory_efficient"]
     if spec["impl"] == "torchvision":
         model = getattr(torchvision.models, name)(memory_efficient=me, num_classes=1000)
-    elif name.startswith("densenet_bc"):
-        model = models.densenet_bc(
-            int(name.removeprefix("densenet_bc")), num_classes=10, memory_efficient=me
+    elif name == "densenet_bc_digits":  # the default model of `make run`
+        model = models.DenseNet(
+            12, (3, 3, 3), 24, num_classes=10, stem="cifar", memory_efficient=me
         )
+    elif name.startswith("densenet_bc"):
+        depth = int(name.removeprefix("densenet_bc"))
+        model = models.densenet_bc(depth, num_classes=10, memory_efficient=me)
     else:
         model = getattr(models, name)(memory_efficient=me, num_classes=1000)
     model.to(device)
@@ -126,7 +129,9 @@ def run_one(spec: dict) -> dict:
 
 
 def fmt(r: dict, key: str, digits: int = 0) -> str:
-    return "err" if "error" in r else f"{r[key]:.{digits}f}"
+    if "error" in r:
+        return r["error"][:60] or "-"
+    return f"{r[key]:.{digits}f}"
 
 
 def main() -> None:
@@ -147,6 +152,7 @@ def main() -> None:
         "--repeats", type=int, default=1, help="alternating rounds; medians are reported"
     )
     p.add_argument("--scaling", action="store_true", help="memory and time vs depth (DenseNet-BC)")
+    p.add_argument("--no-torchvision", action="store_true", help="time our model only")
     p.add_argument("--json", type=Path, help="also write all results here")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -176,9 +182,10 @@ def main() -> None:
         for level in args.amp:
             row: dict = {}
             for me in me_modes:
-                runs: dict = {impl: [] for impl in IMPLS}
+                impls = IMPLS[:1] if args.no_torchvision else IMPLS
+                runs: dict = {impl: [] for impl in impls}
                 for _ in range(args.repeats):
-                    for impl in IMPLS:
+                    for impl in impls:
                         spec = dict(
                             model=args.model,
                             impl=impl,
@@ -194,28 +201,29 @@ def main() -> None:
                         )
                         runs[impl].append(run_one(spec))
                 med = {impl: _median(rs) for impl, rs in runs.items()}
+                med.setdefault("torchvision", {"error": "not run"})
                 row[me] = med
-                tv_default = row.get(False, {}).get("torchvision")
                 o, t = med["ours"], med["torchvision"]
-                ok = "error" not in o and "error" not in t
-                vs_default = (
-                    f"{o['act_mb'] / tv_default['act_mb']:.2f}"
-                    if ok and tv_default and "error" not in tv_default
-                    else "-"
-                )
-                print(
-                    f"| {batch} | {level} | {me} | {fmt(o, 'img_per_s', 1)} | "
-                    f"{fmt(t, 'img_per_s', 1)} | "
-                    f"{o['img_per_s'] / t['img_per_s']:.2f}x | "
-                    if ok
-                    else f"| {batch} | {level} | {me} | "
-                    f"{o.get('error', '')} | {t.get('error', '')} | - | ",
-                    end="",
-                )
-                print(
-                    f"{fmt(o, 'act_mb')} | {fmt(t, 'act_mb')} | "
-                    f"{(o['act_mb'] / t['act_mb']) if ok else float('nan'):.2f} | {vs_default} |"
-                )
+                tv_default = row.get(False, {}).get("torchvision", {"error": ""})
+
+                def ratio(a: dict, b: dict, key: str, suffix: str = "") -> str:
+                    if "error" in a or "error" in b:
+                        return "-"
+                    return f"{a[key] / b[key]:.2f}{suffix}"
+
+                cells = [
+                    batch,
+                    level,
+                    me,
+                    fmt(o, "img_per_s", 1),
+                    fmt(t, "img_per_s", 1),
+                    ratio(o, t, "img_per_s", "x"),
+                    fmt(o, "act_mb"),
+                    fmt(t, "act_mb"),
+                    ratio(o, t, "act_mb"),
+                    ratio(o, tv_default, "act_mb"),
+                ]
+                print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
                 results.append(
                     {
                         "batch": batch,
