@@ -52,7 +52,8 @@ def test_a_tiny_run_writes_the_documented_run_directory(tmp_path):
         assert state["classes"] == ["class_0", "class_1", "class_2"]
         assert state["eval_transform"]["image_size"] == 8
         assert state["config"]["model"]["growth_rate"] == 4
-        assert {"model", "optimizer", "scheduler", "precision", "rng", "epoch"} <= set(state)
+        assert {"model", "optimizer", "scheduler", "precision", "ranks", "epoch"} <= set(state)
+        assert {"rng", "loss_sum", "loss_count"} <= set(state["ranks"][0])
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 2
 
 
