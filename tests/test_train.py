@@ -165,3 +165,23 @@ def test_cli_trains_and_writes_hydras_files(tmp_path):
         "overrides.yaml",
     }
     assert json.loads((run / "metrics.json").read_text())["status"] == "completed"
+
+
+def test_eval_every_and_log_every_control_when_rows_and_lines_are_written(tmp_path):
+    run = tmp_path / "run"
+    cfg = compose_cfg(
+        [*TINY, "trainer.epochs=3", "trainer.eval_every=2", "trainer.log_every_n_steps=3"]
+    )
+    train(cfg, run)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]  # every 2nd epoch, and always the last
+    log = (run / "train.log").read_text()
+    assert [f"step {s} |" in log for s in (3, 6, 9, 12)] == [True] * 4
+    assert "step 4 |" not in log
+
+
+def test_compile_trains_a_step(tmp_path):
+    summary = train(
+        compose_cfg([*TINY, "trainer.compile=true", "trainer.max_steps=2"]), tmp_path / "r"
+    )
+    assert summary["status"] == "completed" and summary["steps"] == 2

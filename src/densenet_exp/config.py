@@ -235,7 +235,6 @@ class TrainerConfig:
 class DistConfig:
     nproc_per_node: str = "auto"  # "auto": one rank per visible GPU, or 1 on CPU
     nnodes: int = 1
-    node_rank: Optional[int] = None  # informational for static launches; rendezvous assigns ranks
     rdzv_endpoint: str = "localhost:0"
     rdzv_id: str = "densenet_exp"
     backend: DistBackend = DistBackend.auto
