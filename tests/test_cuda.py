@@ -6,6 +6,7 @@ import os
 import pytest
 import torch
 from conftest import TINY, compose_cfg, free_port
+from test_precision import train_steps
 from torch import nn
 
 from densenet_exp import train
@@ -35,18 +36,6 @@ def tiny():
     return DenseNet(8, (2, 2), 16, num_classes=3, stem="cifar").to(CUDA)
 
 
-def steps(model, opt, policy, n, x, y):
-    losses = []
-    for _ in range(n):
-        with policy.autocast():
-            loss = nn.functional.cross_entropy(model(policy.cast_input(x)).float(), y)
-        policy.backward(loss)
-        policy.step(opt)
-        policy.zero_grad(opt, model)
-        losses.append(loss.item())
-    return losses
-
-
 @pytest.mark.parametrize(
     "level, conv_dtype, bn_dtype, scaled",
     [
@@ -69,7 +58,7 @@ def test_fp16_levels_on_cuda_have_their_dtypes_scaling_and_learn(
     torch.manual_seed(1)
     # the same small memorisation task as the CPU test of each level (16 images of 8x8)
     x, y = torch.randn(16, 3, 8, 8, device=CUDA), torch.arange(16, device=CUDA) % 3
-    losses = steps(model, opt, policy, 20, x, y)
+    losses = train_steps(model, opt, policy, 20, x, y)
     assert losses[-1] < 0.8 * losses[0], losses
     if scaled:
         assert policy.loss_scale >= 2.0**15
@@ -105,7 +94,7 @@ def test_native_syncbn_with_nccl_at_world_size_one_trains_like_plain_bn():
         for model in (plain, ddp):
             opt = torch.optim.SGD(model.parameters(), lr=0.05)
             policy = Precision(amp("O1"), CUDA)
-            steps(model, opt, policy, 3, x, y)
+            train_steps(model, opt, policy, 3, x, y)
         for a, b in zip(plain.state_dict().values(), synced.state_dict().values()):
             torch.testing.assert_close(a.float(), b.float(), atol=2e-3, rtol=2e-3)
     finally:

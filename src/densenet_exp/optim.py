@@ -10,18 +10,15 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from ._compat import choice
 from .models.layers import norm_bias_parameters
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cos", "poly", "step", "multistep", "constant")
 
 
-def _val(v: Any) -> Any:
-    return v.value if hasattr(v, "value") else v
-
-
 def build_optimizer(model: nn.Module, optim_cfg: Any) -> torch.optim.Optimizer:
-    name = _val(optim_cfg["name"])
+    name = choice(optim_cfg["name"])
     wd = float(optim_cfg["weight_decay"])
     params = [p for p in model.parameters() if p.requires_grad]
     if optim_cfg["no_decay_norm_bias"] and wd > 0:
@@ -81,7 +78,7 @@ def lr_factor(
 def build_scheduler(
     optimizer: torch.optim.Optimizer, sched_cfg: Any, steps_per_epoch: int, total_steps: int
 ) -> LambdaLR:
-    name = _val(sched_cfg["name"])
+    name = choice(sched_cfg["name"])
     if name not in SCHEDULES:
         raise ValueError(f"unknown schedule {name!r}; valid choices: {', '.join(SCHEDULES)}")
     kwargs = dict(

@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._compat import choice
+
 log = logging.getLogger(__name__)
 
 OPT_LEVELS = ("O0", "O1", "O2", "O3")
@@ -61,18 +63,14 @@ class PrecisionSpec:
         return self.dtype if self.cast_model else None
 
 
-def _val(v: Any) -> Any:
-    return v.value if hasattr(v, "value") else v
-
-
 def resolve_spec(amp_cfg: Any, device: torch.device) -> PrecisionSpec:
     """Level defaults + user overrides, validated as APEX validated them."""
-    level = _val(amp_cfg["opt_level"])
+    level = choice(amp_cfg["opt_level"])
     if level not in OPT_LEVELS:
         raise PrecisionError(
             f"unknown amp.opt_level {level!r}; valid choices: {', '.join(OPT_LEVELS)}"
         )
-    dtype_name = _val(amp_cfg["dtype"])
+    dtype_name = choice(amp_cfg["dtype"])
     if dtype_name == "auto":
         dtype_name = "float16" if device.type == "cuda" else "bfloat16"
     if dtype_name not in DTYPES:
@@ -137,7 +135,7 @@ class Precision:
     """One run's precision policy: model/optimizer preparation, autocast, scaling, stepping."""
 
     def __init__(self, amp_cfg: Any, device: torch.device) -> None:
-        if _val(amp_cfg["backend"]) == "apex":
+        if choice(amp_cfg["backend"]) == "apex":
             try:
                 import apex.amp  # noqa: F401
             except ImportError:

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from .._compat import choice
 from .digits import ensure_digits
 from .imagefolder import DataError, ImageFolderDataset, build_imagefolder_splits, collate_skip_bad
 from .synthetic import SyntheticDataset
@@ -46,12 +47,8 @@ def eval_transform_settings(data_cfg: Any) -> dict[str, Any]:
     }
 
 
-def _str(v: Any) -> str:
-    return v.value if hasattr(v, "value") else str(v)
-
-
 def build_datasets(data_cfg: Any, seed: int = 0) -> DataBundle:
-    name = _str(data_cfg["name"])
+    name = choice(data_cfg["name"])
     if name not in DATA_NAMES:
         raise ValueError(f"unknown data set {name!r}; valid choices: {', '.join(DATA_NAMES)}")
     if name == "synthetic":
@@ -65,7 +62,7 @@ def build_datasets(data_cfg: Any, seed: int = 0) -> DataBundle:
     root = ensure_digits(data_cfg["root"]) if name == "digits" else data_cfg["root"]
     if root is None:
         raise DataError("data.root is required for data=imagefolder (a folder of class folders)")
-    on_bad = _str(data_cfg["on_bad_image"])
+    on_bad = choice(data_cfg["on_bad_image"])
     train_s, val_s, classes = build_imagefolder_splits(
         root,
         train_dir=data_cfg["train_dir"],
@@ -80,7 +77,7 @@ def build_datasets(data_cfg: Any, seed: int = 0) -> DataBundle:
         std=data_cfg["std"],
         eval_crop_ratio=float(data_cfg["eval_crop_ratio"]),
     )
-    train_tf = build_transform(train=True, augment=_str(data_cfg["augment"]), **common)
+    train_tf = build_transform(train=True, augment=choice(data_cfg["augment"]), **common)
     eval_tf = build_transform(train=False, **common)
     return DataBundle(
         ImageFolderDataset(train_s, classes, train_tf, on_bad, seed=seed),
