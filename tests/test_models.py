@@ -190,3 +190,29 @@ def test_build_model_rejects_a_class_count_that_disagrees_with_the_data():
     with pytest.raises(ValueError, match=r"model\.num_classes=5 but the data has 10 classes"):
         build_model(cfg, num_classes=10)
     assert build_model(cfg, num_classes=5).classifier.out_features == 5
+
+
+@pytest.mark.parametrize("level", ["O1", "O2"])
+def test_memory_efficient_matches_under_low_precision(level):
+    from densenet_exp.precision import Precision
+
+    amp = {
+        "opt_level": level,
+        "dtype": "bfloat16",
+        "keep_batchnorm_fp32": None,
+        "master_weights": None,
+        "loss_scale": None,
+        "backend": "native",
+    }
+    models = []
+    for me in (False, True):
+        model = _tiny(memory_efficient=me, act={"name": "prelu"})
+        policy = Precision(amp, torch.device("cpu"))
+        policy.prepare(model, None)
+        torch.manual_seed(3)
+        x = policy.cast_input(torch.randn(4, 3, 8, 8))
+        with policy.autocast():
+            model(x).float().square().sum().backward()
+        models.append(model)
+    for (name, a), b in zip(models[0].named_parameters(), models[1].parameters()):
+        torch.testing.assert_close(a.grad.float(), b.grad.float(), rtol=2e-2, atol=2e-2, msg=name)
