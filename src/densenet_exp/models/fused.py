@@ -73,11 +73,12 @@ class _BNActConv(torch.autograd.Function):
             [True, conv_w.requires_grad, False],
         )
         grad_y = grad_y.to(y.dtype)
-        if relu:
-            grad_z = torch.ops.aten.threshold_backward(grad_y, y, 0.0)
+        if relu:  # in place: one feature map less at the peak of backward
+            grad_z = grad_y.masked_fill_(y <= 0, 0.0)
             act_grads: tuple[Tensor, ...] = ()
         else:
             grad_z, *act_grads = torch.autograd.grad(y, [z, *act_params], grad_y)
+        del y, z, grad_y  # free the recomputed activations before BN's backward allocates
         grad_x, grad_w, grad_b = torch.ops.aten.native_batch_norm_backward(
             grad_z.to(x.dtype) if grad_z.dtype != x.dtype else grad_z,
             x,
