@@ -26,38 +26,27 @@ class _BNActConv(torch.autograd.Function):
         inputs, (bn_w, bn_b, conv_w) = args[:n], args[n : n + 3]
         x = torch.cat(inputs, 1) if n > 1 else inputs[0]
         momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-        # native_batch_norm also returns the batch mean and 1/std: backward reuses them instead of
-        # reducing over the batch again
-        z, mean, invstd = torch.native_batch_norm(
-            x, bn_w, bn_b, bn.running_mean, bn.running_var, True, momentum, bn.eps
-        )
+        z = F.batch_norm(x, bn.running_mean, bn.running_var, bn_w, bn_b, True, momentum, bn.eps)
         out = F.conv2d(act(z), conv_w, None, conv.stride, conv.padding, conv.dilation, conv.groups)
         device = x.device.type
         ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
         ctx.modules, ctx.n = (bn, act, conv), n
-        ctx.sizes = [t.shape[1] for t in inputs]
-        ctx.save_for_backward(*inputs, bn_w, bn_b, conv_w, mean, invstd)
+        ctx.save_for_backward(*inputs, bn_w, bn_b, conv_w)
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         bn, act, conv = ctx.modules
         n, saved = ctx.n, ctx.saved_tensors
-        inputs, (bn_w, bn_b, conv_w, mean, invstd) = saved[:n], saved[n:]
+        inputs, (bn_w, bn_b, conv_w) = saved[:n], saved[n : n + 3]
         device, enabled, dtype = ctx.autocast
-        x = torch.cat(inputs, 1) if n > 1 else inputs[0]
-        # normalise with the saved batch statistics: one elementwise pass (eval-mode BN kernel)
-        var = invstd.pow(-2).sub_(bn.eps)
-        with torch.autocast(device, dtype=dtype, enabled=enabled):
-            z = F.batch_norm(x, mean, var, bn_w, bn_b, False, 0.0, bn.eps)
-        relu = type(act) is nn.ReLU
-        act_params = [p for p in act.parameters() if p.requires_grad]
-        if relu:
-            y = z.clamp_min_(0.0)
-        else:
-            with torch.enable_grad(), torch.autocast(device, dtype=dtype, enabled=enabled):
-                z = z.detach().requires_grad_(True)
-                y = act(z)
+        with torch.enable_grad(), torch.autocast(device, dtype=dtype, enabled=enabled):
+            xs = [t.detach().requires_grad_(t.requires_grad) for t in inputs]
+            w = bn_w.detach().requires_grad_(bn_w.requires_grad)
+            b = bn_b.detach().requires_grad_(bn_b.requires_grad)
+            x = torch.cat(xs, 1) if n > 1 else xs[0]
+            # batch statistics again; running stats were updated once, in forward
+            y = act(F.batch_norm(x, None, None, w, b, True, 0.0, bn.eps))
         gdtype = grad_out.dtype
         grad_y, grad_conv_w, _ = torch.ops.aten.convolution_backward(
             grad_out,
@@ -72,32 +61,13 @@ class _BNActConv(torch.autograd.Function):
             conv.groups,
             [True, conv_w.requires_grad, False],
         )
-        grad_y = grad_y.to(y.dtype)
-        if relu:  # in place: one feature map less at the peak of backward
-            grad_z = grad_y.masked_fill_(y <= 0, 0.0)
-            act_grads: tuple[Tensor, ...] = ()
-        else:
-            grad_z, *act_grads = torch.autograd.grad(y, [z, *act_params], grad_y)
-        del y, z, grad_y  # free the recomputed activations before BN's backward allocates
-        grad_x, grad_w, grad_b = torch.ops.aten.native_batch_norm_backward(
-            grad_z.to(x.dtype) if grad_z.dtype != x.dtype else grad_z,
-            x,
-            bn_w,
-            None,
-            None,
-            mean,
-            invstd,
-            True,
-            bn.eps,
-            [any(t.requires_grad for t in inputs), bn_w.requires_grad, bn_b.requires_grad],
-        )
-        pieces = grad_x.split(ctx.sizes, 1) if grad_x is not None else [None] * n
+        act_params = [p for p in act.parameters() if p.requires_grad]
+        wanted = [t for t in (*xs, w, b) if t.requires_grad] + act_params
+        grads = iter(torch.autograd.grad(y, wanted, grad_y.to(y.dtype)))
         result: list[Tensor | None] = [None, None, None, None]
-        result += [g if t.requires_grad else None for g, t in zip(pieces, inputs)]
-        result += [grad_w, grad_b]
+        result += [next(grads) if t.requires_grad else None for t in (*xs, w, b)]
         result.append(grad_conv_w.to(conv_w.dtype) if grad_conv_w is not None else None)
         # PReLU slopes: inputs of apply() too, so autograd (and DDP's hooks) see their gradient
-        grads = iter(act_grads)
         result += [next(grads) if p.requires_grad else None for p in act.parameters()]
         return tuple(result)
 
