@@ -180,8 +180,17 @@ def test_eval_every_and_log_every_control_when_rows_and_lines_are_written(tmp_pa
     assert "step 4 |" not in log
 
 
-def test_compile_trains_a_step(tmp_path):
-    summary = train(
-        compose_cfg([*TINY, "trainer.compile=true", "trainer.max_steps=2"]), tmp_path / "r"
+def test_compile_trains_with_the_memory_efficient_layers_and_channels_last(tmp_path):
+    cfg = compose_cfg(
+        [
+            *TINY,
+            "trainer.compile=true",
+            "trainer.max_steps=2",
+            "conv=dsconv",
+            "act=prelu",
+            "model.memory_efficient=true",
+            "trainer.channels_last=true",
+        ]
     )
+    summary = train(cfg, tmp_path / "r")
     assert summary["status"] == "completed" and summary["steps"] == 2
