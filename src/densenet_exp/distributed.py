@@ -130,11 +130,6 @@ def average_buffers(model: torch.nn.Module) -> None:
             buf.div_(world)
 
 
-def barrier() -> None:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
-
-
 def expand_nodelist(nodelist: str) -> list[str]:
     """SLURM's compact host list (``gpu[01-03,7],cpu5``) as host names, in order."""
     hosts: list[str] = []

@@ -342,7 +342,6 @@ def _fit(
             keep_previous=name == "last.pt",
         )
 
-    summary: dict[str, Any] = {}
     final_top1 = None
     imgs_seen, train_time = 0, 0.0
     channels_last = bool(tr["channels_last"])
