@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 from conftest import TINY, compose_cfg, free_port
-from test_precision import train_steps
+from test_precision import amp, train_steps
 from torch import nn
 
 from densenet_exp import train
@@ -17,18 +17,6 @@ from densenet_exp.precision import Precision
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = torch.device("cuda")
-
-
-def amp(level, **kw):
-    return {
-        "opt_level": level,
-        "dtype": "auto",
-        "keep_batchnorm_fp32": None,
-        "master_weights": None,
-        "loss_scale": None,
-        "backend": "native",
-        **kw,
-    }
 
 
 def tiny():

@@ -194,20 +194,14 @@ def test_build_model_rejects_a_class_count_that_disagrees_with_the_data():
 
 @pytest.mark.parametrize("level", ["O1", "O2"])
 def test_memory_efficient_matches_under_low_precision(level):
+    from test_precision import amp
+
     from densenet_exp.precision import Precision
 
-    amp = {
-        "opt_level": level,
-        "dtype": "bfloat16",
-        "keep_batchnorm_fp32": None,
-        "master_weights": None,
-        "loss_scale": None,
-        "backend": "native",
-    }
     models = []
     for me in (False, True):
         model = _tiny(memory_efficient=me, act={"name": "prelu"})
-        policy = Precision(amp, torch.device("cpu"))
+        policy = Precision(amp(level, dtype="bfloat16"), torch.device("cpu"))
         policy.prepare(model, None)
         torch.manual_seed(3)
         x = policy.cast_input(torch.randn(4, 3, 8, 8))

@@ -45,6 +45,9 @@ class TrainingInterrupted(RuntimeError):
     """SIGTERM/SIGINT: the current step finished and ``last.pt`` was written."""
 
 
+_SIGNAL_CHECK_EVERY = 10  # steps between the ranks' agreement on a received signal (DDP only)
+
+
 class _StopSignal:
     """First SIGTERM/SIGINT: ask the loop to stop after this step. Second: default action (exit)."""
 
@@ -416,7 +419,10 @@ def _fit(
                     writer.add_scalar("train/loss", pending.item(), global_step)
                     writer.add_scalar("train/lr", lr, global_step)
             every = int(tr["ckpt_every_n_steps"])
-            stopping = stop_signal.requested(ctx)
+            # under DDP the check is a collective plus a host sync: every few steps, not every one
+            stopping = (
+                not ctx.distributed or global_step % _SIGNAL_CHECK_EVERY == 0
+            ) and stop_signal.requested(ctx)
             if stopping or (every and global_step % every == 0):
                 nonfinite_streak = _check_loss(pending, nonfinite_streak, global_step, tr, ckpt_dir)
                 pending = None
