@@ -12,6 +12,15 @@ and the implementations alternate so drift in machine load hits both alike.
 
 Peak memory: CUDA ``max_memory_allocated``; CPU the peak RSS. "act" is the peak minus the memory
 held between steps (weights, optimizer state): the activations and gradients of one step.
+
+On CPU, RSS also counts what glibc's allocator keeps after tensors are freed (its heap only shrinks
+from the top), which varies by +-50 MB between identical runs and grows with fragmentation. The
+"live" columns are the CPU counterpart of CUDA's ``max_memory_allocated``: the peak of the bytes
+malloc has handed out and not had back (``mallinfo2``), sampled after every operator of one
+warm-up step, minus the same count before that step.
+
+Low precision on a CPU without bf16 instructions (AVX2 only) is emulated and ~15x slower than
+fp32; there the O1-O3 rows default to 1 warm-up and 2 timed steps.
 """
 
 from __future__ import annotations
@@ -32,6 +41,52 @@ IMPLS = ("ours", "torchvision")
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _live_bytes_sampler():
+    """A dispatch mode recording the peak of glibc's in-use bytes after every operator."""
+    import ctypes
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [
+            (name, ctypes.c_size_t)
+            for name in [
+                "arena",
+                "ordblks",
+                "smblks",
+                "hblks",
+                "hblkhd",
+                "usmblks",
+                "fsmblks",
+                "uordblks",
+                "fordblks",
+                "keepcost",
+            ]
+        ]
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = MallInfo2
+    except (OSError, AttributeError):  # not glibc >= 2.33
+        return None
+
+    def in_use() -> int:
+        info = libc.mallinfo2()
+        return info.uordblks + info.hblkhd  # heap chunks in use + mmapped chunks
+
+    class Sampler(TorchDispatchMode):
+        def __enter__(self):
+            self.base = self.peak = in_use()
+            return super().__enter__()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            self.peak = max(self.peak, in_use())
+            return out
+
+    return Sampler
 
 
 def worker(spec: dict) -> dict:
@@ -93,8 +148,15 @@ def worker(spec: dict) -> dict:
             torch.cuda.synchronize()
 
     base_rss = _rss_mb()
-    for _ in range(spec["warmup"]):
-        step()
+    sampler = _live_bytes_sampler() if device.type == "cpu" else None
+    live = None
+    for i in range(spec["warmup"]):
+        if sampler is not None and i == spec["warmup"] - 1:
+            with sampler() as s:  # the last warm-up step, never a timed one
+                step()
+            live = (s.peak - s.base) / 2**20
+        else:
+            step()
     sync()
     if device.type == "cuda":
         steady = torch.cuda.memory_allocated(device) / 2**20
@@ -111,7 +173,10 @@ def worker(spec: dict) -> dict:
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         act = peak - base_rss
-    return {"img_per_s": spec["batch"] / statistics.median(times), "peak_mb": peak, "act_mb": act}
+    result = {"img_per_s": spec["batch"] / statistics.median(times), "peak_mb": peak, "act_mb": act}
+    if live is not None:
+        result["live_mb"] = live
+    return result
 
 
 def run_one(spec: dict) -> dict:
@@ -146,10 +211,12 @@ def main() -> None:
     p.add_argument("--memory-efficient", choices=["both", "on", "off"], default="both")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--device", default="auto")
-    p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps", type=int, help="timed steps (default 8; 2 for emulated bf16)")
+    p.add_argument("--warmup", type=int, help="untimed steps first (default 3; 1 for emulated)")
     p.add_argument(
-        "--repeats", type=int, default=1, help="alternating rounds; medians are reported"
+        "--repeats",
+        type=int,
+        help="alternating rounds, medians reported (default 2; 1 for emulated bf16)",
     )
     p.add_argument("--scaling", action="store_true", help="memory and time vs depth (DenseNet-BC)")
     p.add_argument("--no-torchvision", action="store_true", help="time our model only")
@@ -173,18 +240,26 @@ def main() -> None:
         return scaling(args, device)
     me_modes = {"both": [False, True], "on": [True], "off": [False]}[args.memory_efficient]
     results = []
-    print(
+    live = device == "cpu"
+    header = (
         "| batch | amp | memory_efficient | ours img/s | tv img/s | speed ours/tv | ours act MB "
         "| tv act MB | act ours/tv | ours act / tv default act |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    if live:
+        header += " ours live MB | tv live MB | live ours/tv | ours live / tv default live |"
+    print(header)
+    print("|---" * (header.count("|") - 1) + "|")
     for batch in args.batch:
         for level in args.amp:
+            emulated = device == "cpu" and level != "O0" and not _native_bf16()
+            steps = args.steps or (2 if emulated else 8)
+            warmup = args.warmup or (1 if emulated else 3)
+            repeats = args.repeats or (1 if emulated else 2)
             row: dict = {}
             for me in me_modes:
                 impls = IMPLS[:1] if args.no_torchvision else IMPLS
                 runs: dict = {impl: [] for impl in impls}
-                for _ in range(args.repeats):
+                for _ in range(repeats):
                     for impl in impls:
                         spec = dict(
                             model=args.model,
@@ -196,8 +271,8 @@ def main() -> None:
                             channels_last=args.channels_last,
                             compile=args.compile,
                             device=device,
-                            steps=args.steps,
-                            warmup=args.warmup,
+                            steps=steps,
+                            warmup=warmup,
                         )
                         runs[impl].append(run_one(spec))
                 med = {impl: _median(rs) for impl, rs in runs.items()}
@@ -223,6 +298,13 @@ def main() -> None:
                     ratio(o, t, "act_mb"),
                     ratio(o, tv_default, "act_mb"),
                 ]
+                if live:
+                    cells += [
+                        fmt(o, "live_mb"),
+                        fmt(t, "live_mb"),
+                        ratio(o, t, "live_mb"),
+                        ratio(o, tv_default, "live_mb"),
+                    ]
                 print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
                 results.append(
                     {
@@ -236,6 +318,15 @@ def main() -> None:
         args.json.write_text(json.dumps(results, indent=2))
 
 
+def _native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX) rather than emulating it."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True  # not Linux: assume a modern CPU, use the full step counts
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def _median(rs: list[dict]) -> dict:
     good = [r for r in rs if "error" not in r]
     if not good:
@@ -244,8 +335,12 @@ def _median(rs: list[dict]) -> dict:
 
 
 def scaling(args: argparse.Namespace, device: str) -> None:
-    print("| model | memory_efficient | img/s | act MB | act MB per layer |")
-    print("|---|---|---|---|---|")
+    live = device == "cpu"
+    header = "| model | memory_efficient | img/s | act MB | act MB per layer |"
+    if live:
+        header += " live MB | live MB per layer |"
+    print(header)
+    print("|---" * (header.count("|") - 1) + "|")
     for depth in (40, 100, 190):
         for me in (False, True):
             spec = dict(
@@ -258,14 +353,18 @@ def scaling(args: argparse.Namespace, device: str) -> None:
                 channels_last=args.channels_last,
                 compile=False,
                 device=device,
-                steps=args.steps,
-                warmup=args.warmup,
+                steps=args.steps or 4,
+                warmup=args.warmup or 2,
             )
             r = run_one(spec)
-            print(
-                f"| DenseNet-BC L={depth} | {me} | {fmt(r, 'img_per_s', 1)} | {fmt(r, 'act_mb')} | "
-                f"{(r['act_mb'] / (depth - 4) if 'error' not in r else float('nan')):.2f} |"
-            )
+            cells = [f"DenseNet-BC L={depth}", me, fmt(r, "img_per_s", 1), fmt(r, "act_mb")]
+            keys = ["act_mb", "live_mb"] if live else ["act_mb"]
+            for i, key in enumerate(keys):
+                if i:
+                    cells.append(fmt(r, key))
+                per_layer = r[key] / (depth - 4) if "error" not in r else float("nan")
+                cells.append(f"{per_layer:.2f}")
+            print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
 
 
 if __name__ == "__main__":

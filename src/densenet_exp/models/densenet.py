@@ -18,7 +18,15 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from torch import Tensor, nn
 
-from .fused import bn_act_conv, fusable
+from .fused import (
+    affine_act,
+    bn_act_conv,
+    bn_act_pool,
+    fusable,
+    normalize,
+    shareable,
+    update_running_stats,
+)
 from .init import init_weights
 from .layers import act_factory, make_conv
 
@@ -73,9 +81,24 @@ class _DenseLayer(nn.Module):
         x = torch.cat(inputs, 1) if len(inputs) > 1 else inputs[0]
         return self.act2(self.norm2(self.conv1(self.act1(self.norm1(x)))))
 
-    def forward(self, inputs: Tensor | Sequence[Tensor]) -> Tensor:
-        features = [inputs] if isinstance(inputs, Tensor) else list(inputs)
-        if not (self.memory_efficient and self.training and torch.is_grad_enabled()):
+    def forward(self, inputs: Tensor | Sequence[Tensor] | DenseFeatures) -> Tensor:
+        lean = self.memory_efficient and self.training and torch.is_grad_enabled()
+        if isinstance(inputs, DenseFeatures) and inputs.normalized is not None:
+            # the block normalised each feature map once and keeps norm1's running stats
+            if lean and fusable(self.norm1, self.conv1):
+                h = bn_act_conv(inputs.normalized, self.norm1, self.act1, self.conv1, shared=True)
+            else:
+                h = self.conv1(affine_act(inputs.normalized, self.norm1, self.act1))
+            if lean and fusable(self.norm2, self.conv2):
+                out = bn_act_conv([h], self.norm2, self.act2, self.conv2)
+            else:
+                out = self.conv2(self.act2(self.norm2(h)))
+            return self._dropout(out)
+        if isinstance(inputs, DenseFeatures):
+            features = inputs.raw
+        else:
+            features = [inputs] if isinstance(inputs, Tensor) else list(inputs)
+        if not lean:
             out = self.conv2(self.bottleneck(*features))
         elif fusable(self.norm1, self.conv1):
             # keep only the inputs of each BN-act-conv; backward recomputes BN and act, not convs
@@ -95,9 +118,49 @@ class _DenseLayer(nn.Module):
                 context_fn=lambda: (contextlib.nullcontext(), _frozen_bn_stats(self)),
             )
             out = self.conv2(h)
+        return self._dropout(out)
+
+    def _dropout(self, out: Tensor) -> Tensor:
         if self.drop_rate > 0:
             out = F.dropout(out, p=self.drop_rate, training=self.training)
         return out
+
+
+class DenseFeatures:
+    """The feature maps of a dense block so far, as its layers and its transition read them.
+
+    In training with plain BNs of one eps, each map is also batch-normalised once as it arrives
+    (``normalized``); the readers then only scale and shift (see ``fused``). ``raw`` serves the
+    other cases (eval, synchronized BN).
+    """
+
+    def __init__(self, eps: float | None) -> None:
+        self.raw: list[Tensor] = []
+        self.eps = eps
+        self.normalized: list[Tensor] | None = [] if eps is not None else None
+        self._stats: list[tuple[Tensor, Tensor]] = []
+        self._cat_stats: tuple[Tensor, Tensor] | None = None
+
+    def append(self, x: Tensor) -> None:
+        self.raw.append(x)
+        if self.normalized is not None:
+            x_hat, mean, var = normalize(x, self.eps)
+            self.normalized.append(x_hat)
+            self._stats.append((mean, var))
+            self._cat_stats = None
+
+    def stats(self) -> tuple[Tensor, Tensor]:
+        """Batch mean and unbiased variance of every channel so far, in channel order."""
+        if self._cat_stats is None:
+            means, variances = zip(*self._stats)
+            self._cat_stats = (torch.cat(means), torch.cat(variances))
+        return self._cat_stats
+
+    def readable_by(self, bn: nn.Module) -> bool:
+        return self.normalized is not None and shareable(bn) and bn.training and bn.eps == self.eps
+
+    def cat(self) -> Tensor:
+        return torch.cat(self.raw, 1) if len(self.raw) > 1 else self.raw[0]
 
 
 class _DenseBlock(nn.ModuleDict):
@@ -125,15 +188,31 @@ class _DenseBlock(nn.ModuleDict):
             )
             self.add_module(f"denselayer{i + 1}", layer)
 
-        # set on blocks followed by a memory-efficient transition: it takes the list, so the
-        # block's concatenated output is never stored
+        # set on blocks followed by a transition: it reads the features without their
+        # concatenation being stored (and, in training, already normalised)
         self.return_features = False
 
-    def forward(self, init_features: Tensor | list[Tensor]) -> Tensor | list[Tensor]:
-        features = [init_features] if isinstance(init_features, Tensor) else list(init_features)
+    def _shared_eps(self) -> float | None:
+        """The eps of the layers' first BNs when they can share per-feature statistics."""
+        if not (self.training and torch.is_grad_enabled()):
+            return None
+        norms = [layer.norm1 for layer in self.values()]
+        eps = norms[0].eps
+        if all(shareable(bn) and bn.training and bn.eps == eps for bn in norms):
+            return eps
+        return None
+
+    def forward(self, init_features: Tensor) -> Tensor | DenseFeatures:
+        eps = self._shared_eps()
+        features = DenseFeatures(eps)
+        features.append(init_features)
         for layer in self.values():
             features.append(layer(features))
-        return features if self.return_features else torch.cat(features, 1)
+        if eps is not None:
+            update_running_stats([layer.norm1 for layer in self.values()], *features.stats())
+        if self.return_features and self.training and torch.is_grad_enabled():
+            return features
+        return features.cat()
 
 
 class _Transition(nn.Sequential):
@@ -151,14 +230,17 @@ class _Transition(nn.Sequential):
         self.pool = nn.AvgPool2d(kernel_size=2, stride=2)
         self.memory_efficient = memory_efficient
 
-    def forward(self, x: Tensor | list[Tensor]) -> Tensor:
-        features = [x] if isinstance(x, Tensor) else x
-        if (
-            self.memory_efficient
-            and self.training
-            and torch.is_grad_enabled()
-            and fusable(self.norm, self.conv)
-        ):
+    def forward(self, x: Tensor | DenseFeatures) -> Tensor:
+        lean = self.memory_efficient and self.training and torch.is_grad_enabled()
+        if isinstance(x, DenseFeatures) and x.readable_by(self.norm):
+            update_running_stats([self.norm], *x.stats())
+            if lean and fusable(self.norm, self.conv):
+                out = bn_act_conv(x.normalized, self.norm, self.act, self.conv, shared=True)
+            else:
+                out = self.conv(affine_act(x.normalized, self.norm, self.act))
+            return self.pool(out)
+        features = x.raw if isinstance(x, DenseFeatures) else [x]
+        if lean and fusable(self.norm, self.conv):
             return self.pool(bn_act_conv(features, self.norm, self.act, self.conv))
         return super().forward(torch.cat(features, 1) if len(features) > 1 else features[0])
 
@@ -206,6 +288,7 @@ class DenseNet(nn.Module):
         make_act = act_factory(**act_cfg)
 
         self.stem = stem
+        self.memory_efficient = memory_efficient
         if stem == "imagenet":
             self.features = nn.Sequential()
             self.features.add_module(
@@ -237,7 +320,7 @@ class DenseNet(nn.Module):
             self.features.add_module(f"denseblock{i + 1}", block)
             num_features += num_layers * growth_rate
             if i != len(block_config) - 1:
-                block.return_features = memory_efficient
+                block.return_features = True
                 out_features = int(num_features * compression)
                 self.features.add_module(
                     f"transition{i + 1}",
@@ -253,9 +336,27 @@ class DenseNet(nn.Module):
         init_weights(self, act_name=act_cfg["name"], **init_cfg)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.features(x)
+        f = self.features
+        if self.stem == "imagenet" and self._lean_stem():
+            # keep only conv0's output; backward recomputes norm0, act0 and the pool
+            x = bn_act_pool(f.conv0(x), f.norm0, f.act0, f.pool0)
+            for module in list(f.children())[4:]:
+                x = module(x)
+        else:
+            x = f(x)
         x = F.adaptive_avg_pool2d(x, 1).flatten(1)
         return self.classifier(x)
+
+    def _lean_stem(self) -> bool:
+        f = self.features
+        return (
+            self.memory_efficient
+            and self.training
+            and torch.is_grad_enabled()
+            and shareable(f.norm0)
+            and f.norm0.training
+            and type(f.pool0) is nn.MaxPool2d
+        )
 
 
 # torchvision's old checkpoints name BN params "norm.1"/"relu.1"/"conv.1" instead of "norm1"...

@@ -1,14 +1,20 @@
-"""BN -> activation -> convolution that keeps only its input: the memory-efficient dense layer.
+"""The BatchNorm arithmetic of a dense block, computed once per feature map instead of per layer.
 
-A DenseNet layer's activations grow with depth because every layer normalises the concatenation of
-all earlier features and stores that normalised copy for its convolution's weight gradient.
-torchvision's ``memory_efficient`` recomputes concat-BN-ReLU-conv in backward, convolution included.
-Here backward recomputes only the cheap, memory-bound part (concat, BN with the batch statistics,
-activation) and hands it straight to the convolution's backward, so no convolution runs twice and
-nothing but the inputs is kept between forward and backward.
+In training mode a BatchNorm normalises each channel with that channel's batch statistics. In a
+dense block every feature map is read by all later layers' first BN (and by the transition or the
+final norm), so the statistics of a channel are the same for every reader: torchvision recomputes
+them at each of the ~L readers, concatenation included. Here each feature map is normalised once
+when it is produced (``normalize``: statistics, x_hat, and in backward the gradient through the
+statistics, once); each reader only applies its own scale and shift, ``x_hat * w + b``, as an
+eval-mode BN with mean 0, variance 1 and eps 0 (exact: invstd is 1/sqrt(1)). The readers' running
+statistics get the same batch statistics a per-layer BN would have used (``update_running_stats``).
+The result equals the per-layer BNs up to float rounding; it saves one read of every concatenation
+in forward and the statistics' share of every BN backward.
 
-Used for the 1x1 bottleneck, the 3x3 convolution and the transitions when the BN is a plain
-``nn.BatchNorm2d``; synchronized BN (whose statistics need collectives) keeps the module path.
+``bn_act_conv`` is the memory-efficient reader: it keeps only its inputs, and backward recomputes
+the concatenation, affine and activation (never a convolution) and hands them straight to the
+convolution's backward. torchvision's ``memory_efficient`` recomputes concat-BN-ReLU-conv instead.
+Synchronized BN (whose statistics need collectives) keeps the module path.
 """
 
 from __future__ import annotations
@@ -19,65 +25,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+_HALF = (torch.float16, torch.bfloat16)
 
-class _BNActConv(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, bn: nn.BatchNorm2d, act: nn.Module, conv: nn.Conv2d, n: int, *args: Tensor):
-        inputs, (bn_w, bn_b, conv_w) = args[:n], args[n : n + 3]
-        x = torch.cat(inputs, 1) if n > 1 else inputs[0]
-        momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-        z = F.batch_norm(x, bn.running_mean, bn.running_var, bn_w, bn_b, True, momentum, bn.eps)
-        out = F.conv2d(act(z), conv_w, None, conv.stride, conv.padding, conv.dilation, conv.groups)
-        device = x.device.type
-        ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
-        ctx.modules, ctx.n = (bn, act, conv), n
-        ctx.save_for_backward(*inputs, bn_w, bn_b, conv_w)
-        return out
 
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        bn, act, conv = ctx.modules
-        n, saved = ctx.n, ctx.saved_tensors
-        inputs, (bn_w, bn_b, conv_w) = saved[:n], saved[n : n + 3]
-        device, enabled, dtype = ctx.autocast
-        with torch.enable_grad(), torch.autocast(device, dtype=dtype, enabled=enabled):
-            xs = [t.detach().requires_grad_(t.requires_grad) for t in inputs]
-            w = bn_w.detach().requires_grad_(bn_w.requires_grad)
-            b = bn_b.detach().requires_grad_(bn_b.requires_grad)
-            x = torch.cat(xs, 1) if n > 1 else xs[0]
-            # batch statistics again; running stats were updated once, in forward
-            y = act(F.batch_norm(x, None, None, w, b, True, 0.0, bn.eps))
-        gdtype = grad_out.dtype
-        grad_y, grad_conv_w, _ = torch.ops.aten.convolution_backward(
-            grad_out,
-            y.detach().to(gdtype),
-            conv_w.to(gdtype),
-            None,
-            list(conv.stride),
-            list(conv.padding),
-            list(conv.dilation),
-            False,
-            [0, 0],
-            conv.groups,
-            [True, conv_w.requires_grad, False],
-        )
-        act_params = [p for p in act.parameters() if p.requires_grad]
-        wanted = [t for t in (*xs, w, b) if t.requires_grad] + act_params
-        grads = iter(torch.autograd.grad(y, wanted, grad_y.to(y.dtype)))
-        result: list[Tensor | None] = [None, None, None, None]
-        result += [next(grads) if t.requires_grad else None for t in (*xs, w, b)]
-        result.append(grad_conv_w.to(conv_w.dtype) if grad_conv_w is not None else None)
-        # PReLU slopes: inputs of apply() too, so autograd (and DDP's hooks) see their gradient
-        result += [next(grads) if p.requires_grad else None for p in act.parameters()]
-        return tuple(result)
+def shareable(bn: nn.Module) -> bool:
+    """A BN whose training-mode output is an affine map of its input's batch-normalised values."""
+    return type(bn) is nn.BatchNorm2d and bn.affine and bn.track_running_stats
 
 
 def fusable(bn: nn.Module, conv: nn.Module) -> bool:
     """Plain BatchNorm2d followed by a bias-free, zero-padded Conv2d."""
     return (
-        type(bn) is nn.BatchNorm2d
-        and bn.affine
-        and bn.track_running_stats
+        shareable(bn)
         and type(conv) is nn.Conv2d
         and conv.bias is None
         and conv.padding_mode == "zeros"
@@ -85,11 +44,251 @@ def fusable(bn: nn.Module, conv: nn.Module) -> bool:
     )
 
 
-def bn_act_conv(
-    inputs: Sequence[Tensor], bn: nn.BatchNorm2d, act: nn.Module, conv: nn.Conv2d
-) -> Tensor:
-    """``conv(act(bn(cat(inputs))))`` in training mode, keeping only ``inputs`` for backward."""
-    bn.num_batches_tracked.add_(1)
-    return _BNActConv.apply(
-        bn, act, conv, len(inputs), *inputs, bn.weight, bn.bias, conv.weight, *act.parameters()
+class _Normalize(torch.autograd.Function):
+    """x -> (x - mean) / sqrt(var + eps) with batch statistics; keeps only its output."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, eps: float):
+        # statistics in fp32 whatever the activations' dtype (what BN does under autocast)
+        xf = x.float() if x.dtype in _HALF else x
+        x_hat, mean, invstd = torch.native_batch_norm(xf, None, None, None, None, True, 0.0, eps)
+        x_hat = x_hat.to(x.dtype)
+        n = x.numel() // x.shape[1]
+        var = (invstd.pow(-2) - eps).clamp_min_(0) * (n / max(n - 1, 1))  # unbiased, as BN keeps
+        ctx.save_for_backward(x_hat, invstd)
+        ctx.mark_non_differentiable(mean, var)
+        return x_hat, mean, var
+
+    @staticmethod
+    def backward(ctx, grad_x_hat: Tensor, _mean: Tensor, _var: Tensor):
+        x_hat, invstd = ctx.saved_tensors
+        dtype = grad_x_hat.dtype
+        g = grad_x_hat.float() if dtype in _HALF else grad_x_hat
+        xh = x_hat.to(g.dtype)
+        unit = torch.ones_like(invstd)
+        # dx = invstd * (g - mean(g) - x_hat * mean(g * x_hat)): BN's backward taking x_hat as an
+        # input of mean 0 and invstd 1, with invstd as the "weight" (needs x_hat, not x)
+        (grad,) = torch.ops.aten.native_batch_norm_backward(
+            g,
+            xh,
+            invstd,
+            None,
+            None,
+            torch.zeros_like(invstd),
+            unit,
+            True,
+            0.0,
+            [True, False, False],
+        )[:1]
+        return grad.to(dtype), None
+
+
+def normalize(x: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Batch-normalised ``x`` (no affine), its channel means and unbiased variances."""
+    return _Normalize.apply(x, eps)
+
+
+def _affine(x_hat: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    # eval-mode BN with mean 0, var 1, eps 0 is exactly x_hat * w + b, in one fused kernel both
+    # ways (its backward gives dx_hat = dy * w and the weight and bias sums in one pass)
+    zeros = torch.zeros_like(w)
+    return F.batch_norm(x_hat, zeros, torch.ones_like(w), w, b, False, 0.0, 0.0)
+
+
+def affine_act(x_hats: Sequence[Tensor], bn: nn.BatchNorm2d, act: nn.Module) -> Tensor:
+    """``act(bn(cat(x)))`` in training mode, given the already normalised parts of ``x``."""
+    x = torch.cat(list(x_hats), 1) if len(x_hats) > 1 else x_hats[0]
+    return act(_affine(x, bn.weight, bn.bias))
+
+
+def update_running_stats(readers: Sequence[nn.BatchNorm2d], mean: Tensor, var: Tensor) -> None:
+    """Move each reader's running statistics as its own training-mode BN would have.
+
+    ``mean``/``var`` hold the batch statistics of all channels in order; a reader of C channels
+    takes the first C. One foreach update per momentum, instead of a few small ops per layer.
+    """
+    if not readers:
+        return
+    with torch.no_grad():
+        torch._foreach_add_([bn.num_batches_tracked for bn in readers], 1)
+        groups: dict[float, list[nn.BatchNorm2d]] = {}
+        for bn in readers:
+            m = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+            groups.setdefault(m, []).append(bn)
+        for m, bns in groups.items():
+            c = [bn.num_features for bn in bns]
+            dt = bns[0].running_mean.dtype
+            torch._foreach_lerp_([bn.running_mean for bn in bns], [mean[:n].to(dt) for n in c], m)
+            torch._foreach_lerp_([bn.running_var for bn in bns], [var[:n].to(dt) for n in c], m)
+
+
+class _BNActConv(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx, bn: nn.BatchNorm2d, act: nn.Module, conv: nn.Conv2d, shared: bool, n: int, *args
+    ):
+        inputs, (bn_w, bn_b, conv_w) = args[:n], args[n : n + 3]
+        x = torch.cat(inputs, 1) if n > 1 else inputs[0]
+        if shared:  # inputs already normalised; running stats are the caller's
+            z = _affine(x, bn_w, bn_b)
+        else:
+            m = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+            z = F.batch_norm(x, bn.running_mean, bn.running_var, bn_w, bn_b, True, m, bn.eps)
+        out = F.conv2d(act(z), conv_w, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+        device = x.device.type
+        ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+        ctx.modules, ctx.n, ctx.shared = (bn, act, conv), n, shared
+        ctx.save_for_backward(*inputs, bn_w, bn_b, conv_w)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        act = ctx.modules[1]
+        n, saved = ctx.n, ctx.saved_tensors
+        inputs, (bn_w, bn_b, conv_w) = saved[:n], saved[n : n + 3]
+        if type(act) is nn.ReLU:
+            grads = _relu_backward(ctx, grad_out, inputs, bn_w, bn_b, conv_w)
+        else:
+            grads = _autograd_backward(ctx, grad_out, inputs, bn_w, bn_b, conv_w)
+        return (None,) * 5 + grads
+
+
+def _conv_backward(conv: nn.Conv2d, grad_out: Tensor, y: Tensor, conv_w: Tensor):
+    """dL/dy and dL/dw of ``conv(y)``, in grad_out's dtype (what autocast ran the conv in)."""
+    gdtype = grad_out.dtype
+    grad_y, grad_w, _ = torch.ops.aten.convolution_backward(
+        grad_out,
+        y.to(gdtype),
+        conv_w.to(gdtype),
+        None,
+        list(conv.stride),
+        list(conv.padding),
+        list(conv.dilation),
+        False,
+        [0, 0],
+        conv.groups,
+        [True, conv_w.requires_grad, False],
     )
+    return grad_y, grad_w.to(conv_w.dtype) if grad_w is not None else None
+
+
+def _relu_backward(ctx, grad_out, inputs, bn_w, bn_b, conv_w) -> tuple:
+    # ReLU: every gradient written by hand, in place where possible, so backward holds at most
+    # three tensors the size of the concatenation (x, z, dz) where autograd would hold five
+    bn, _, conv = ctx.modules
+    with torch.no_grad():
+        x = torch.cat(inputs, 1) if len(inputs) > 1 else inputs[0]
+        if ctx.shared:
+            zeros, ones = torch.zeros_like(bn_w), torch.ones_like(bn_w)
+            z = F.batch_norm(x, zeros, ones, bn_w, bn_b, False, 0.0, 0.0)
+        else:
+            z, mean, invstd = torch.native_batch_norm(x, bn_w, bn_b, None, None, True, 0.0, bn.eps)
+        z.relu_()
+        grad_z, grad_conv_w = _conv_backward(conv, grad_out, z, conv_w)
+        # in place: threshold_backward may write over its own input (masked_fill_ is 10x slower)
+        torch.ops.aten.threshold_backward.grad_input(grad_z, z, 0, grad_input=grad_z)
+        del z
+        mask = [False, bn_w.requires_grad, bn_b.requires_grad]
+        if ctx.shared:  # d(x*w + b)/dx = w: scale dz in place once the sums are taken
+            _, grad_w, grad_b = torch.ops.aten.native_batch_norm_backward(
+                grad_z, x, bn_w, zeros, ones, None, None, False, 0.0, mask
+            )
+            grad_x = grad_z.mul_(bn_w.view(1, -1, 1, 1)) if inputs[0].requires_grad else None
+        else:
+            mask[0] = True
+            grad_x, grad_w, grad_b = torch.ops.aten.native_batch_norm_backward(
+                grad_z, x, bn_w, None, None, mean, invstd, True, bn.eps, mask
+            )
+    del x
+    sizes = [t.shape[1] for t in inputs]
+    parts = grad_x.split(sizes, 1) if grad_x is not None else [None] * len(inputs)
+    grads = [
+        g.to(t.dtype) if g is not None and t.requires_grad else None for g, t in zip(parts, inputs)
+    ]
+    return (*grads, grad_w, grad_b, grad_conv_w)
+
+
+def _autograd_backward(ctx, grad_out, inputs, bn_w, bn_b, conv_w) -> tuple:
+    bn, act, conv = ctx.modules
+    device, enabled, dtype = ctx.autocast
+    with torch.enable_grad(), torch.autocast(device, dtype=dtype, enabled=enabled):
+        xs = [t.detach().requires_grad_(t.requires_grad) for t in inputs]
+        w = bn_w.detach().requires_grad_(bn_w.requires_grad)
+        b = bn_b.detach().requires_grad_(bn_b.requires_grad)
+        x = torch.cat(xs, 1) if len(xs) > 1 else xs[0]
+        # batch statistics again unless shared; running stats were updated once, in forward
+        z = _affine(x, w, b) if ctx.shared else F.batch_norm(x, None, None, w, b, True, 0.0, bn.eps)
+        y = act(z)
+    grad_y, grad_conv_w = _conv_backward(conv, grad_out, y.detach(), conv_w)
+    act_params = [p for p in act.parameters() if p.requires_grad]
+    wanted = [t for t in (*xs, w, b) if t.requires_grad] + act_params
+    grads = iter(torch.autograd.grad(y, wanted, grad_y.to(y.dtype)))
+    result = [next(grads) if t.requires_grad else None for t in (*xs, w, b)]
+    result.append(grad_conv_w)
+    # PReLU slopes: inputs of apply() too, so autograd (and DDP's hooks) see their gradient
+    result += [next(grads) if p.requires_grad else None for p in act.parameters()]
+    return tuple(result)
+
+
+def bn_act_conv(
+    inputs: Sequence[Tensor],
+    bn: nn.BatchNorm2d,
+    act: nn.Module,
+    conv: nn.Conv2d,
+    shared: bool = False,
+) -> Tensor:
+    """``conv(act(bn(cat(inputs))))`` in training mode, keeping only ``inputs`` for backward.
+
+    ``shared``: the inputs are already normalised (``normalize``) and the caller updates the
+    running statistics; otherwise this BN computes batch statistics and updates its own.
+    """
+    if not shared:
+        bn.num_batches_tracked.add_(1)
+    return _BNActConv.apply(
+        bn, act, conv, shared, len(inputs), *inputs, bn.weight, bn.bias, conv.weight,
+        *act.parameters(),
+    )  # fmt: skip
+
+
+class _BNActPool(torch.autograd.Function):
+    """The ImageNet stem's BN -> act -> max-pool, keeping only the convolution's output.
+
+    Otherwise the BN output and the pool's int64 indices are kept: at 224 px they are the two
+    largest activations of the whole network.
+    """
+
+    @staticmethod
+    def forward(ctx, bn: nn.BatchNorm2d, act: nn.Module, pool: nn.MaxPool2d, x: Tensor, *params):
+        w, b = params[:2]
+        m = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+        z = F.batch_norm(x, bn.running_mean, bn.running_var, w, b, True, m, bn.eps)
+        out = _max_pool(act(z), pool)
+        ctx.modules = (bn, act, pool)
+        ctx.save_for_backward(x, w, b)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        bn, act, pool = ctx.modules
+        x, w, b = ctx.saved_tensors
+        act_params = list(act.parameters())
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_(t.requires_grad) for t in (x, w, b)]
+            z = F.batch_norm(leaves[0], None, None, leaves[1], leaves[2], True, 0.0, bn.eps)
+            out = _max_pool(act(z), pool)
+        wanted = [t for t in (*leaves, *act_params) if t.requires_grad]
+        grads = iter(torch.autograd.grad(out, wanted, grad_out))
+        result = [next(grads) if t.requires_grad else None for t in (*leaves, *act_params)]
+        return (None, None, None, *result)
+
+
+def _max_pool(y: Tensor, pool: nn.MaxPool2d) -> Tensor:
+    return F.max_pool2d(
+        y, pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode
+    )
+
+
+def bn_act_pool(x: Tensor, bn: nn.BatchNorm2d, act: nn.Module, pool: nn.MaxPool2d) -> Tensor:
+    """``pool(act(bn(x)))`` in training mode, keeping only ``x`` for backward."""
+    bn.num_batches_tracked.add_(1)
+    return _BNActPool.apply(bn, act, pool, x, bn.weight, bn.bias, *act.parameters())
