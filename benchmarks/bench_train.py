@@ -3,8 +3,14 @@
 
 Times the full step (forward, loss, backward, optimizer step) on synthetic data after warm-up, for
 our model and torchvision's with the same batch, size, precision (our O0-O3 policy applied to both)
-and memory format. Every configuration runs in its own process (peak RSS on CPU is per process),
-and the implementations alternate so drift in machine load hits both alike.
+and memory format.
+
+- Speed: one process per (batch, amp level) holds every model of the comparison (ours and
+  torchvision's, memory_efficient off and on) and alternates single steps between them, rotating
+  the order each round; medians are reported. Alternating step by step keeps the ratios honest on a
+  machine whose speed drifts by 10-20% from minute to minute (a shared VM), where timing each model
+  in its own process minutes apart does not.
+- Memory: every configuration in its own process, so that each peak is its own.
 
     python benchmarks/bench_train.py --model densenet121 --image-size 128 --batch 32
     python benchmarks/bench_train.py --amp O0 O1 O2 --channels-last --device cuda --batch 64 256
@@ -20,7 +26,7 @@ malloc has handed out and not had back (``mallinfo2``), sampled after every oper
 warm-up step, minus the same count before that step.
 
 Low precision on a CPU without bf16 instructions (AVX2 only) is emulated and ~15x slower than
-fp32; there the O1-O3 rows default to 1 warm-up and 2 timed steps.
+fp32; there the O1-O3 rows default to 1 warm-up step and 2 timed rounds.
 """
 
 from __future__ import annotations
@@ -89,9 +95,8 @@ def _live_bytes_sampler():
     return Sampler
 
 
-def worker(spec: dict) -> dict:
-    import resource
-
+def _build(spec: dict, impl: str, me: bool):
+    """Model, optimizer and one training step for ``impl`` with ``spec``'s settings."""
     import torch
     import torchvision
 
@@ -101,9 +106,8 @@ def worker(spec: dict) -> dict:
 
     device = torch.device(spec["device"])
     torch.manual_seed(0)
-    torch.backends.cudnn.benchmark = True
-    name, me = spec["model"], spec["memory_efficient"]
-    if spec["impl"] == "torchvision":
+    name = spec["model"]
+    if impl == "torchvision":
         model = getattr(torchvision.models, name)(memory_efficient=me, num_classes=1000)
     elif name == "densenet_bc_digits":  # the default model of `make run`
         model = models.DenseNet(
@@ -142,51 +146,78 @@ def worker(spec: dict) -> dict:
         policy.backward(loss)
         policy.step(opt)
         policy.zero_grad(opt, model)
-
-    def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
+    return step
+
+
+def _setup_torch(spec: dict) -> None:
+    import torch
+
+    torch.backends.cudnn.benchmark = True
+
+
+def speed_worker(spec: dict) -> dict:
+    """img/s of every (impl, memory_efficient) in spec["variants"], alternating single steps."""
+    _setup_torch(spec)
+    variants = [tuple(v) for v in spec["variants"]]
+    steps = {v: _build(spec, *v) for v in variants}
+    for _ in range(spec["warmup"]):
+        for v in variants:
+            steps[v]()
+    times: dict = {v: [] for v in variants}
+    for r in range(spec["steps"]):
+        k = r % len(variants)
+        for v in variants[k:] + variants[:k]:  # rotate who goes first
+            t = time.perf_counter()
+            steps[v]()
+            times[v].append(time.perf_counter() - t)
+    return {
+        f"{impl}/{me}": {"img_per_s": spec["batch"] / statistics.median(ts)}
+        for (impl, me), ts in times.items()
+    }
+
+
+def memory_worker(spec: dict) -> dict:
+    """Peak memory of one (impl, memory_efficient) configuration, alone in this process."""
+    import resource
+
+    import torch
+
+    _setup_torch(spec)
+    device = torch.device(spec["device"])
+    step = _build(spec, spec["impl"], spec["memory_efficient"])
     base_rss = _rss_mb()
     sampler = _live_bytes_sampler() if device.type == "cpu" else None
-    live = None
+    result: dict = {}
     for i in range(spec["warmup"]):
         if sampler is not None and i == spec["warmup"] - 1:
-            with sampler() as s:  # the last warm-up step, never a timed one
+            with sampler() as s:
                 step()
-            live = (s.peak - s.base) / 2**20
+            result["live_mb"] = (s.peak - s.base) / 2**20
         else:
             step()
-    sync()
     if device.type == "cuda":
         steady = torch.cuda.memory_allocated(device) / 2**20
         torch.cuda.reset_peak_memory_stats(device)
-    times = []
     for _ in range(spec["steps"]):
-        t = time.perf_counter()
         step()
-        sync()
-        times.append(time.perf_counter() - t)
     if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) / 2**20
-        act = peak - steady
+        result["peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        result["act_mb"] = result["peak_mb"] - steady
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        act = peak - base_rss
-    result = {"img_per_s": spec["batch"] / statistics.median(times), "peak_mb": peak, "act_mb": act}
-    if live is not None:
-        result["live_mb"] = live
+        result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result["act_mb"] = result["peak_mb"] - base_rss
     return result
 
 
 def run_one(spec: dict) -> dict:
-    env = dict(os.environ)
     proc = subprocess.run(
         [sys.executable, __file__, "--worker", json.dumps(spec)],
         capture_output=True,
         text=True,
-        env=env,
-        timeout=1800,
+        timeout=3600,
     )
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
@@ -211,20 +242,19 @@ def main() -> None:
     p.add_argument("--memory-efficient", choices=["both", "on", "off"], default="both")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--device", default="auto")
-    p.add_argument("--steps", type=int, help="timed steps (default 8; 2 for emulated bf16)")
-    p.add_argument("--warmup", type=int, help="untimed steps first (default 3; 1 for emulated)")
     p.add_argument(
-        "--repeats",
-        type=int,
-        help="alternating rounds, medians reported (default 2; 1 for emulated bf16)",
+        "--steps", type=int, help="timed rounds, one step per model each (default 8; 2 emulated)"
     )
+    p.add_argument("--warmup", type=int, help="untimed steps first (default 3; 1 for emulated)")
     p.add_argument("--scaling", action="store_true", help="memory and time vs depth (DenseNet-BC)")
     p.add_argument("--no-torchvision", action="store_true", help="time our model only")
     p.add_argument("--json", type=Path, help="also write all results here")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))))
+        spec = json.loads(args.worker)
+        work = speed_worker if spec["kind"] == "speed" else memory_worker
+        print(json.dumps(work(spec)))
         return
     import torch
 
@@ -239,53 +269,59 @@ def main() -> None:
     if args.scaling:
         return scaling(args, device)
     me_modes = {"both": [False, True], "on": [True], "off": [False]}[args.memory_efficient]
-    results = []
+    impls = IMPLS[:1] if args.no_torchvision else IMPLS
     live = device == "cpu"
     header = (
-        "| batch | amp | memory_efficient | ours img/s | tv img/s | speed ours/tv | ours act MB "
-        "| tv act MB | act ours/tv | ours act / tv default act |"
+        "| batch | amp | memory_efficient | ours img/s | tv img/s | speed ours/tv "
+        "| speed ours / tv default | ours act MB | tv act MB | act ours/tv "
+        "| ours act / tv default act |"
     )
     if live:
         header += " ours live MB | tv live MB | live ours/tv | ours live / tv default live |"
     print(header)
     print("|---" * (header.count("|") - 1) + "|")
+    results = []
     for batch in args.batch:
         for level in args.amp:
             emulated = device == "cpu" and level != "O0" and not _native_bf16()
-            steps = args.steps or (2 if emulated else 8)
-            warmup = args.warmup or (1 if emulated else 3)
-            repeats = args.repeats or (1 if emulated else 2)
-            row: dict = {}
+            base = dict(
+                model=args.model,
+                batch=batch,
+                image_size=args.image_size,
+                amp=level,
+                channels_last=args.channels_last,
+                compile=args.compile,
+                device=device,
+                warmup=args.warmup or (1 if emulated else 3),
+            )
+            # torchvision's default mode is every row's reference, so it always runs
+            variants = [(i, me) for me in me_modes for i in impls]
+            if not args.no_torchvision and ("torchvision", False) not in variants:
+                variants.append(("torchvision", False))
+            speed = run_one(
+                dict(
+                    base,
+                    kind="speed",
+                    variants=variants,
+                    steps=args.steps or (2 if emulated else 8),
+                )
+            )
+            mem = {
+                v: run_one(
+                    dict(
+                        base,
+                        kind="memory",
+                        impl=v[0],
+                        memory_efficient=v[1],
+                        steps=1 if emulated else 2,
+                    )
+                )
+                for v in variants
+            }
+
+            tv_default = _merge(speed, mem, "torchvision", False)
             for me in me_modes:
-                impls = IMPLS[:1] if args.no_torchvision else IMPLS
-                runs: dict = {impl: [] for impl in impls}
-                for _ in range(repeats):
-                    for impl in impls:
-                        spec = dict(
-                            model=args.model,
-                            impl=impl,
-                            memory_efficient=me,
-                            batch=batch,
-                            image_size=args.image_size,
-                            amp=level,
-                            channels_last=args.channels_last,
-                            compile=args.compile,
-                            device=device,
-                            steps=steps,
-                            warmup=warmup,
-                        )
-                        runs[impl].append(run_one(spec))
-                med = {impl: _median(rs) for impl, rs in runs.items()}
-                med.setdefault("torchvision", {"error": "not run"})
-                row[me] = med
-                o, t = med["ours"], med["torchvision"]
-                tv_default = row.get(False, {}).get("torchvision", {"error": ""})
-
-                def ratio(a: dict, b: dict, key: str, suffix: str = "") -> str:
-                    if "error" in a or "error" in b:
-                        return "-"
-                    return f"{a[key] / b[key]:.2f}{suffix}"
-
+                o, t = _merge(speed, mem, "ours", me), _merge(speed, mem, "torchvision", me)
                 cells = [
                     batch,
                     level,
@@ -293,6 +329,7 @@ def main() -> None:
                     fmt(o, "img_per_s", 1),
                     fmt(t, "img_per_s", 1),
                     ratio(o, t, "img_per_s", "x"),
+                    ratio(o, tv_default, "img_per_s", "x"),
                     fmt(o, "act_mb"),
                     fmt(t, "act_mb"),
                     ratio(o, t, "act_mb"),
@@ -307,15 +344,24 @@ def main() -> None:
                     ]
                 print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
                 results.append(
-                    {
-                        "batch": batch,
-                        "amp": level,
-                        "memory_efficient": me,
-                        **{f"{impl}_{k}": v for impl in IMPLS for k, v in med[impl].items()},
-                    }
+                    {"batch": batch, "amp": level, "memory_efficient": me, "ours": o, "tv": t}
                 )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+
+
+def _merge(speed: dict, mem: dict, impl: str, me: bool) -> dict:
+    """One configuration's speed and memory results, or why there are none."""
+    if (impl, me) not in mem:
+        return {"error": "not run"}
+    r = speed if "error" in speed else speed[f"{impl}/{me}"]
+    return {**mem[(impl, me)], **r} if "error" not in r else dict(r)
+
+
+def ratio(a: dict, b: dict, key: str, suffix: str = "") -> str:
+    if key not in a or key not in b:
+        return "-"
+    return f"{a[key] / b[key]:.2f}{suffix}"
 
 
 def _native_bf16() -> bool:
@@ -325,13 +371,6 @@ def _native_bf16() -> bool:
     except OSError:
         return True  # not Linux: assume a modern CPU, use the full step counts
     return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def _median(rs: list[dict]) -> dict:
-    good = [r for r in rs if "error" not in r]
-    if not good:
-        return rs[0]
-    return {k: statistics.median(r[k] for r in good) for k in good[0]}
 
 
 def scaling(args: argparse.Namespace, device: str) -> None:
@@ -347,6 +386,7 @@ def scaling(args: argparse.Namespace, device: str) -> None:
                 model=f"densenet_bc{depth}",
                 impl="ours",
                 memory_efficient=me,
+                variants=[("ours", me)],
                 batch=args.batch[0],
                 image_size=args.image_size,
                 amp=args.amp[0],
@@ -356,7 +396,9 @@ def scaling(args: argparse.Namespace, device: str) -> None:
                 steps=args.steps or 4,
                 warmup=args.warmup or 2,
             )
-            r = run_one(spec)
+            r = run_one(dict(spec, kind="memory"))
+            speed = run_one(dict(spec, kind="speed"))
+            r.update(speed.get(f"ours/{me}", speed))
             cells = [f"DenseNet-BC L={depth}", me, fmt(r, "img_per_s", 1), fmt(r, "act_mb")]
             keys = ["act_mb", "live_mb"] if live else ["act_mb"]
             for i, key in enumerate(keys):

@@ -193,15 +193,16 @@ def test_build_model_rejects_a_class_count_that_disagrees_with_the_data():
     assert build_model(cfg, num_classes=5).classifier.out_features == 5
 
 
-@pytest.mark.parametrize("level", ["O1", "O2"])
-def test_memory_efficient_matches_under_low_precision(level):
+@pytest.mark.parametrize("act", ["relu", "prelu"])  # hand-written and autograd backward
+@pytest.mark.parametrize("level", ["O1", "O2", "O3"])
+def test_memory_efficient_matches_under_low_precision(level, act):
     from test_precision import amp
 
     from densenet_exp.precision import Precision
 
     models = []
     for me in (False, True):
-        model = _tiny(memory_efficient=me, act={"name": "prelu"})
+        model = _tiny(memory_efficient=me, act={"name": act})
         policy = Precision(amp(level, dtype="bfloat16"), torch.device("cpu"))
         policy.prepare(model, None)
         torch.manual_seed(3)

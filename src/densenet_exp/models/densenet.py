@@ -25,6 +25,8 @@ from .fused import (
     fusable,
     normalize,
     shareable,
+    unbiased_var,
+    unit_stats,
     update_running_stats,
 )
 from .init import init_weights
@@ -85,10 +87,11 @@ class _DenseLayer(nn.Module):
         lean = self.memory_efficient and self.training and torch.is_grad_enabled()
         if isinstance(inputs, DenseFeatures) and inputs.normalized is not None:
             # the block normalised each feature map once and keeps norm1's running stats
+            x_hats, unit = inputs.normalized, inputs.unit
             if lean and fusable(self.norm1, self.conv1):
-                h = bn_act_conv(inputs.normalized, self.norm1, self.act1, self.conv1, shared=True)
+                h = bn_act_conv(x_hats, self.norm1, self.act1, self.conv1, unit)
             else:
-                h = self.conv1(affine_act(inputs.normalized, self.norm1, self.act1))
+                h = self.conv1(affine_act(x_hats, self.norm1, self.act1, unit))
             if lean and fusable(self.norm2, self.conv2):
                 out = bn_act_conv([h], self.norm2, self.act2, self.conv2)
             else:
@@ -134,27 +137,36 @@ class DenseFeatures:
     other cases (eval, synchronized BN).
     """
 
-    def __init__(self, eps: float | None) -> None:
+    def __init__(
+        self, eps: float | None, unit: tuple[Tensor, Tensor] | None = None, lean: bool = False
+    ) -> None:
         self.raw: list[Tensor] = []
         self.eps = eps
+        self.unit = unit  # zeros and ones of the block's width: see fused.unit_stats
+        self.lean = lean
         self.normalized: list[Tensor] | None = [] if eps is not None else None
-        self._stats: list[tuple[Tensor, Tensor]] = []
-        self._cat_stats: tuple[Tensor, Tensor] | None = None
+        self._means: list[Tensor] = []
+        self._invstds: list[Tensor] = []
+        self._stats: tuple[Tensor, Tensor] | None = None
 
     def append(self, x: Tensor) -> None:
         self.raw.append(x)
         if self.normalized is not None:
-            x_hat, mean, var = normalize(x, self.eps)
+            # lean: keep the normalised copy only (the readers keep it), not x as well
+            x_hat, mean, invstd = normalize(x, self.eps, keep_input=not self.lean)
             self.normalized.append(x_hat)
-            self._stats.append((mean, var))
-            self._cat_stats = None
+            self._means.append(mean)
+            self._invstds.append(invstd)
+            self._stats = None
 
     def stats(self) -> tuple[Tensor, Tensor]:
         """Batch mean and unbiased variance of every channel so far, in channel order."""
-        if self._cat_stats is None:
-            means, variances = zip(*self._stats)
-            self._cat_stats = (torch.cat(means), torch.cat(variances))
-        return self._cat_stats
+        if self._stats is None:
+            with torch.no_grad():
+                n = self.raw[0].numel() // self.raw[0].shape[1]
+                invstd = torch.cat(self._invstds)
+                self._stats = (torch.cat(self._means), unbiased_var(invstd, self.eps, n))
+        return self._stats
 
     def readable_by(self, bn: nn.Module) -> bool:
         return self.normalized is not None and shareable(bn) and bn.training and bn.eps == self.eps
@@ -188,6 +200,7 @@ class _DenseBlock(nn.ModuleDict):
             )
             self.add_module(f"denselayer{i + 1}", layer)
 
+        self.num_output_features = num_input_features + num_layers * growth_rate
         # set on blocks followed by a transition: it reads the features without their
         # concatenation being stored (and, in training, already normalised)
         self.return_features = False
@@ -204,7 +217,12 @@ class _DenseBlock(nn.ModuleDict):
 
     def forward(self, init_features: Tensor) -> Tensor | DenseFeatures:
         eps = self._shared_eps()
-        features = DenseFeatures(eps)
+        if eps is None:
+            features = DenseFeatures(None)
+        else:
+            first = self["denselayer1"]
+            unit = unit_stats(first.norm1.weight, self.num_output_features)
+            features = DenseFeatures(eps, unit, lean=first.memory_efficient)
         features.append(init_features)
         for layer in self.values():
             features.append(layer(features))
@@ -235,9 +253,9 @@ class _Transition(nn.Sequential):
         if isinstance(x, DenseFeatures) and x.readable_by(self.norm):
             update_running_stats([self.norm], *x.stats())
             if lean and fusable(self.norm, self.conv):
-                out = bn_act_conv(x.normalized, self.norm, self.act, self.conv, shared=True)
+                out = bn_act_conv(x.normalized, self.norm, self.act, self.conv, x.unit)
             else:
-                out = self.conv(affine_act(x.normalized, self.norm, self.act))
+                out = self.conv(affine_act(x.normalized, self.norm, self.act, x.unit))
             return self.pool(out)
         features = x.raw if isinstance(x, DenseFeatures) else [x]
         if lean and fusable(self.norm, self.conv):
@@ -257,8 +275,9 @@ class DenseNet(nn.Module):
         drop_rate: dropout after each dense layer.
         num_classes: classifier outputs.
         stem: ``imagenet`` (7x7/s2 conv + max-pool) or ``cifar`` (3x3/s1 conv).
-        memory_efficient: keep only each layer's inputs and output; backward recomputes the
-            concatenations, BNs and activations (not the convolutions).
+        memory_efficient: keep each feature map once (normalised), the bottleneck outputs and
+            conv0's output; backward recomputes the concatenations, scale-and-shifts,
+            activations and the stem's BN-act-pool, never a convolution.
         act: activation config (``name``, ``prelu_init``, ``prelu_per_channel``).
         conv: spatial conv config (``type``, ``kernel_size``, ``dilation``, ``inner_bn``).
         init: weight init config (``name``, ``mode``, ``distribution``).

@@ -53,14 +53,12 @@ class _Normalize(torch.autograd.Function):
         xf = x.float() if x.dtype in _HALF else x
         x_hat, mean, invstd = torch.native_batch_norm(xf, None, None, None, None, True, 0.0, eps)
         x_hat = x_hat.to(x.dtype)
-        n = x.numel() // x.shape[1]
-        var = (invstd.pow(-2) - eps).clamp_min_(0) * (n / max(n - 1, 1))  # unbiased, as BN keeps
         ctx.save_for_backward(x_hat, invstd)
-        ctx.mark_non_differentiable(mean, var)
-        return x_hat, mean, var
+        ctx.mark_non_differentiable(mean, invstd)
+        return x_hat, mean, invstd
 
     @staticmethod
-    def backward(ctx, grad_x_hat: Tensor, _mean: Tensor, _var: Tensor):
+    def backward(ctx, grad_x_hat: Tensor, _mean: Tensor, _invstd: Tensor):
         x_hat, invstd = ctx.saved_tensors
         dtype = grad_x_hat.dtype
         g = grad_x_hat.float() if dtype in _HALF else grad_x_hat
@@ -83,22 +81,41 @@ class _Normalize(torch.autograd.Function):
         return grad.to(dtype), None
 
 
-def normalize(x: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Batch-normalised ``x`` (no affine), its channel means and unbiased variances."""
+def normalize(x: Tensor, eps: float, keep_input: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    """Batch-normalised ``x`` (no affine), its channel means and 1/sqrt(var + eps).
+
+    ``keep_input``: let autograd keep ``x`` for backward (one C++ op, the fastest); otherwise only
+    the normalised output is kept, which the memory-efficient readers keep anyway. Half inputs on
+    CPU take the second path too: their statistics would come back in half precision.
+    """
+    if keep_input and (x.dtype not in _HALF or x.is_cuda):
+        return torch.native_batch_norm(x, None, None, None, None, True, 0.0, eps)
     return _Normalize.apply(x, eps)
 
 
-def _affine(x_hat: Tensor, w: Tensor, b: Tensor) -> Tensor:
+def unbiased_var(invstd: Tensor, eps: float, n: int) -> Tensor:
+    """The unbiased variance BN keeps in running_var, from the invstd it normalised with."""
+    return (invstd.float().pow(-2) - eps).clamp_min_(0) * (n / max(n - 1, 1))
+
+
+def _affine(x_hat: Tensor, w: Tensor, b: Tensor, unit: tuple[Tensor, Tensor]) -> Tensor:
     # eval-mode BN with mean 0, var 1, eps 0 is exactly x_hat * w + b, in one fused kernel both
     # ways (its backward gives dx_hat = dy * w and the weight and bias sums in one pass)
-    zeros = torch.zeros_like(w)
-    return F.batch_norm(x_hat, zeros, torch.ones_like(w), w, b, False, 0.0, 0.0)
+    return F.batch_norm(x_hat, unit[0], unit[1], w, b, False, 0.0, 0.0)
 
 
-def affine_act(x_hats: Sequence[Tensor], bn: nn.BatchNorm2d, act: nn.Module) -> Tensor:
+def unit_stats(like: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """Zeros and ones of ``like``'s dtype: the mean and variance that make BN a pure affine."""
+    return like.new_zeros(n), like.new_ones(n)
+
+
+def affine_act(
+    x_hats: Sequence[Tensor], bn: nn.BatchNorm2d, act: nn.Module, unit: tuple[Tensor, Tensor]
+) -> Tensor:
     """``act(bn(cat(x)))`` in training mode, given the already normalised parts of ``x``."""
     x = torch.cat(list(x_hats), 1) if len(x_hats) > 1 else x_hats[0]
-    return act(_affine(x, bn.weight, bn.bias))
+    c = x.shape[1]
+    return act(_affine(x, bn.weight, bn.bias, (unit[0][:c], unit[1][:c])))
 
 
 def update_running_stats(readers: Sequence[nn.BatchNorm2d], mean: Tensor, var: Tensor) -> None:
@@ -124,20 +141,19 @@ def update_running_stats(readers: Sequence[nn.BatchNorm2d], mean: Tensor, var: T
 
 class _BNActConv(torch.autograd.Function):
     @staticmethod
-    def forward(
-        ctx, bn: nn.BatchNorm2d, act: nn.Module, conv: nn.Conv2d, shared: bool, n: int, *args
-    ):
+    def forward(ctx, bn: nn.BatchNorm2d, act: nn.Module, conv: nn.Conv2d, unit, n: int, *args):
         inputs, (bn_w, bn_b, conv_w) = args[:n], args[n : n + 3]
         x = torch.cat(inputs, 1) if n > 1 else inputs[0]
-        if shared:  # inputs already normalised; running stats are the caller's
-            z = _affine(x, bn_w, bn_b)
+        if unit is not None:  # inputs already normalised; running stats are the caller's
+            unit = (unit[0][: x.shape[1]], unit[1][: x.shape[1]])
+            z = _affine(x, bn_w, bn_b, unit)
         else:
             m = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
             z = F.batch_norm(x, bn.running_mean, bn.running_var, bn_w, bn_b, True, m, bn.eps)
         out = F.conv2d(act(z), conv_w, None, conv.stride, conv.padding, conv.dilation, conv.groups)
         device = x.device.type
         ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
-        ctx.modules, ctx.n, ctx.shared = (bn, act, conv), n, shared
+        ctx.modules, ctx.n, ctx.unit = (bn, act, conv), n, unit
         ctx.save_for_backward(*inputs, bn_w, bn_b, conv_w)
         return out
 
@@ -178,9 +194,8 @@ def _relu_backward(ctx, grad_out, inputs, bn_w, bn_b, conv_w) -> tuple:
     bn, _, conv = ctx.modules
     with torch.no_grad():
         x = torch.cat(inputs, 1) if len(inputs) > 1 else inputs[0]
-        if ctx.shared:
-            zeros, ones = torch.zeros_like(bn_w), torch.ones_like(bn_w)
-            z = F.batch_norm(x, zeros, ones, bn_w, bn_b, False, 0.0, 0.0)
+        if ctx.unit is not None:
+            z = _affine(x, bn_w, bn_b, ctx.unit)
         else:
             z, mean, invstd = torch.native_batch_norm(x, bn_w, bn_b, None, None, True, 0.0, bn.eps)
         z.relu_()
@@ -189,9 +204,9 @@ def _relu_backward(ctx, grad_out, inputs, bn_w, bn_b, conv_w) -> tuple:
         torch.ops.aten.threshold_backward.grad_input(grad_z, z, 0, grad_input=grad_z)
         del z
         mask = [False, bn_w.requires_grad, bn_b.requires_grad]
-        if ctx.shared:  # d(x*w + b)/dx = w: scale dz in place once the sums are taken
+        if ctx.unit is not None:  # d(x*w + b)/dx = w: scale dz in place once the sums are taken
             _, grad_w, grad_b = torch.ops.aten.native_batch_norm_backward(
-                grad_z, x, bn_w, zeros, ones, None, None, False, 0.0, mask
+                grad_z, x, bn_w, *ctx.unit, None, None, False, 0.0, mask
             )
             grad_x = grad_z.mul_(bn_w.view(1, -1, 1, 1)) if inputs[0].requires_grad else None
         else:
@@ -217,7 +232,10 @@ def _autograd_backward(ctx, grad_out, inputs, bn_w, bn_b, conv_w) -> tuple:
         b = bn_b.detach().requires_grad_(bn_b.requires_grad)
         x = torch.cat(xs, 1) if len(xs) > 1 else xs[0]
         # batch statistics again unless shared; running stats were updated once, in forward
-        z = _affine(x, w, b) if ctx.shared else F.batch_norm(x, None, None, w, b, True, 0.0, bn.eps)
+        if ctx.unit is not None:
+            z = _affine(x, w, b, ctx.unit)
+        else:
+            z = F.batch_norm(x, None, None, w, b, True, 0.0, bn.eps)
         y = act(z)
     grad_y, grad_conv_w = _conv_backward(conv, grad_out, y.detach(), conv_w)
     act_params = [p for p in act.parameters() if p.requires_grad]
@@ -235,17 +253,17 @@ def bn_act_conv(
     bn: nn.BatchNorm2d,
     act: nn.Module,
     conv: nn.Conv2d,
-    shared: bool = False,
+    unit: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """``conv(act(bn(cat(inputs))))`` in training mode, keeping only ``inputs`` for backward.
 
-    ``shared``: the inputs are already normalised (``normalize``) and the caller updates the
-    running statistics; otherwise this BN computes batch statistics and updates its own.
+    ``unit`` (``unit_stats``): the inputs are already normalised (``normalize``) and the caller
+    updates the running statistics; otherwise this BN computes batch statistics and updates its own.
     """
-    if not shared:
+    if unit is None:
         bn.num_batches_tracked.add_(1)
     return _BNActConv.apply(
-        bn, act, conv, shared, len(inputs), *inputs, bn.weight, bn.bias, conv.weight,
+        bn, act, conv, unit, len(inputs), *inputs, bn.weight, bn.bias, conv.weight,
         *act.parameters(),
     )  # fmt: skip
 
