@@ -243,7 +243,7 @@ def main() -> None:
     p.add_argument("--compile", action="store_true")
     p.add_argument("--device", default="auto")
     p.add_argument(
-        "--steps", type=int, help="timed rounds, one step per model each (default 8; 2 emulated)"
+        "--steps", type=int, help="timed rounds, one step per model each (default 12; 2 emulated)"
     )
     p.add_argument("--warmup", type=int, help="untimed steps first (default 3; 1 for emulated)")
     p.add_argument("--scaling", action="store_true", help="memory and time vs depth (DenseNet-BC)")
@@ -303,7 +303,7 @@ def main() -> None:
                     base,
                     kind="speed",
                     variants=variants,
-                    steps=args.steps or (2 if emulated else 8),
+                    steps=args.steps or (2 if emulated else 12),
                 )
             )
             mem = {

@@ -3,6 +3,7 @@
 #   bash benchmarks/gpu_check.sh            # from the repository root, on a machine with a GPU
 # Python packages missing on the machine (hydra-core, omegaconf, antlr4) are installed from .whl/
 # when that folder holds wheels. Everything is written under $OUT (default /tmp/gpu_check).
+# COMPILE=1 adds a torch.compile benchmark (several more minutes).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_check}
@@ -30,9 +31,14 @@ cat "$OUT/runs/default_O1/metrics.json" 2>/dev/null
 
 section "densenet121 224px, batch 64, O0/O1/O2, channels_last, vs torchvision"
 timeout 300 $PY benchmarks/bench_train.py --device cuda --model densenet121 --image-size 224 \
-  --batch 64 --amp O0 O1 O2 --channels-last --memory-efficient off --steps 10 --warmup 5 --repeats 2
+  --batch 64 --amp O0 O1 O2 --channels-last --memory-efficient off --steps 10 --warmup 5
 
 section "densenet121 224px, batch 256, O1/O2, channels_last, memory_efficient off/on"
 timeout 300 $PY benchmarks/bench_train.py --device cuda --model densenet121 --image-size 224 \
   --batch 256 --amp O1 O2 --channels-last --memory-efficient both --steps 8 --warmup 4
+if [ "${COMPILE:-0}" = 1 ]; then  # opt-in: compiling two densenet121s takes minutes
+  section "densenet121 224px, batch 256, O1, channels_last, torch.compile, vs torchvision"
+  timeout 600 $PY benchmarks/bench_train.py --device cuda --model densenet121 --image-size 224 \
+    --batch 256 --amp O1 --channels-last --compile --memory-efficient off --steps 8 --warmup 3
+fi
 section done

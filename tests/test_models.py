@@ -226,7 +226,7 @@ def test_training_matches_torchvisions_densenet_step_for_step(memory_efficient):
         x = torch.randn(6, 3, 32, 32)
         outs = [m(x) for m in (theirs, ours)]
         torch.testing.assert_close(outs[1], outs[0])
-        for out, opt in zip(outs, opts):
+        for out in outs:
             out.square().mean().backward()
         for (name, a), b in zip(theirs.named_parameters(), ours.parameters()):
             torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-5, msg=name)
