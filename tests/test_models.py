@@ -214,13 +214,17 @@ def test_memory_efficient_matches_under_low_precision(level, act):
         torch.testing.assert_close(a.grad.float(), b.grad.float(), rtol=2e-2, atol=2e-2, msg=name)
 
 
+@pytest.mark.parametrize("momentum", [0.1, None])  # None: cumulative average of batch stats
 @pytest.mark.parametrize("memory_efficient", [False, True])
-def test_training_matches_torchvisions_densenet_step_for_step(memory_efficient):
+def test_training_matches_torchvisions_densenet_step_for_step(memory_efficient, momentum):
     """Per-feature BN statistics (computed once, shared by every reader) are exactly BN."""
     torch.manual_seed(0)
     theirs = torchvision.models.DenseNet(8, (3, 3), 16, num_classes=5)
     ours = DenseNet(8, (3, 3), 16, num_classes=5, memory_efficient=memory_efficient)
     ours.load_state_dict(theirs.state_dict())
+    for bn in [m for model in (theirs, ours) for m in model.modules()]:
+        if isinstance(bn, nn.BatchNorm2d):
+            bn.momentum = momentum
     opts = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (theirs, ours)]
     for _ in range(3):
         x = torch.randn(6, 3, 32, 32)
