@@ -112,6 +112,35 @@ def test_memory_efficient_on_cuda_matches_and_uses_less_memory():
     assert mem_b < 0.7 * mem_a, (mem_a / 2**20, mem_b / 2**20)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("memory_efficient", [False, True])
+def test_shared_bn_statistics_match_torchvision_on_cuda_in_fp16(memory_efficient, channels_last):
+    """The per-feature normalisation and the hand-written backward with half activations."""
+    import torchvision
+
+    torch.manual_seed(0)
+    theirs = torchvision.models.DenseNet(8, (3, 3), 16, num_classes=5).to(CUDA)
+    ours = DenseNet(8, (3, 3), 16, num_classes=5, memory_efficient=memory_efficient).to(CUDA)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(8, 3, 64, 64, device=CUDA)
+    if channels_last:
+        for m in (theirs, ours):
+            m.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    outs = []
+    for model in (theirs, ours):
+        with torch.autocast("cuda", dtype=torch.float16):
+            out = model(x)
+        assert out.dtype == torch.float16
+        out.float().square().mean().backward()
+        outs.append(out.float())
+    torch.testing.assert_close(outs[1], outs[0], rtol=2e-2, atol=2e-2)
+    for (name, a), b in zip(theirs.named_parameters(), ours.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=5e-2, atol=5e-3, msg=name)
+    for (name, a), b in zip(theirs.named_buffers(), ours.buffers()):
+        torch.testing.assert_close(b.float(), a.float(), rtol=1e-3, atol=1e-4, msg=name)
+
+
 @pytest.mark.parametrize("level", ["O1", "O2", "O3"])
 def test_training_runs_end_to_end_on_cuda(tmp_path, level):
     cfg = compose_cfg(
