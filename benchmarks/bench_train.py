@@ -105,6 +105,7 @@ def _build(spec: dict, impl: str, me: bool):
     from densenet_exp.precision import Precision
 
     device = torch.device(spec["device"])
+    torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
     name = spec["model"]
     if impl == "torchvision":
@@ -152,15 +153,8 @@ def _build(spec: dict, impl: str, me: bool):
     return step
 
 
-def _setup_torch(spec: dict) -> None:
-    import torch
-
-    torch.backends.cudnn.benchmark = True
-
-
 def speed_worker(spec: dict) -> dict:
     """img/s of every (impl, memory_efficient) in spec["variants"], alternating single steps."""
-    _setup_torch(spec)
     variants = [tuple(v) for v in spec["variants"]]
     steps = {v: _build(spec, *v) for v in variants}
     for _ in range(spec["warmup"]):
@@ -185,7 +179,6 @@ def memory_worker(spec: dict) -> dict:
 
     import torch
 
-    _setup_torch(spec)
     device = torch.device(spec["device"])
     step = _build(spec, spec["impl"], spec["memory_efficient"])
     base_rss = _rss_mb()

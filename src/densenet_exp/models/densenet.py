@@ -19,11 +19,11 @@ import torch.utils.checkpoint as cp
 from torch import Tensor, nn
 
 from .fused import (
-    affine_act,
     bn_act_conv,
     bn_act_pool,
     fusable,
     normalize,
+    read_bn_act_conv,
     shareable,
     unbiased_var,
     unit_stats,
@@ -87,11 +87,9 @@ class _DenseLayer(nn.Module):
         lean = self.memory_efficient and self.training and torch.is_grad_enabled()
         if isinstance(inputs, DenseFeatures) and inputs.normalized is not None:
             # the block normalised each feature map once and keeps norm1's running stats
-            x_hats, unit = inputs.normalized, inputs.unit
-            if lean and fusable(self.norm1, self.conv1):
-                h = bn_act_conv(x_hats, self.norm1, self.act1, self.conv1, unit)
-            else:
-                h = self.conv1(affine_act(x_hats, self.norm1, self.act1, unit))
+            h = read_bn_act_conv(
+                inputs.normalized, self.norm1, self.act1, self.conv1, inputs.unit, lean
+            )
             if lean and fusable(self.norm2, self.conv2):
                 out = bn_act_conv([h], self.norm2, self.act2, self.conv2)
             else:
@@ -252,11 +250,9 @@ class _Transition(nn.Sequential):
         lean = self.memory_efficient and self.training and torch.is_grad_enabled()
         if isinstance(x, DenseFeatures) and x.readable_by(self.norm):
             update_running_stats([self.norm], *x.stats())
-            if lean and fusable(self.norm, self.conv):
-                out = bn_act_conv(x.normalized, self.norm, self.act, self.conv, x.unit)
-            else:
-                out = self.conv(affine_act(x.normalized, self.norm, self.act, x.unit))
-            return self.pool(out)
+            return self.pool(
+                read_bn_act_conv(x.normalized, self.norm, self.act, self.conv, x.unit, lean)
+            )
         features = x.raw if isinstance(x, DenseFeatures) else [x]
         if lean and fusable(self.norm, self.conv):
             return self.pool(bn_act_conv(features, self.norm, self.act, self.conv))
@@ -356,7 +352,7 @@ class DenseNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         f = self.features
-        if self.stem == "imagenet" and self._lean_stem():
+        if self._lean_stem():
             # keep only conv0's output; backward recomputes norm0, act0 and the pool
             x = bn_act_pool(f.conv0(x), f.norm0, f.act0, f.pool0)
             for module in list(f.children())[4:]:
@@ -369,7 +365,8 @@ class DenseNet(nn.Module):
     def _lean_stem(self) -> bool:
         f = self.features
         return (
-            self.memory_efficient
+            self.stem == "imagenet"
+            and self.memory_efficient
             and self.training
             and torch.is_grad_enabled()
             and shareable(f.norm0)

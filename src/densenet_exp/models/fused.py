@@ -118,6 +118,11 @@ def affine_act(
     return act(_affine(x, bn.weight, bn.bias, (unit[0][:c], unit[1][:c])))
 
 
+def _momentum(bn: nn.BatchNorm2d) -> float:
+    """The factor BN moves its running statistics by (None: cumulative average)."""
+    return bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+
+
 def update_running_stats(readers: Sequence[nn.BatchNorm2d], mean: Tensor, var: Tensor) -> None:
     """Move each reader's running statistics as its own training-mode BN would have.
 
@@ -130,8 +135,7 @@ def update_running_stats(readers: Sequence[nn.BatchNorm2d], mean: Tensor, var: T
         torch._foreach_add_([bn.num_batches_tracked for bn in readers], 1)
         groups: dict[float, list[nn.BatchNorm2d]] = {}
         for bn in readers:
-            m = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-            groups.setdefault(m, []).append(bn)
+            groups.setdefault(_momentum(bn), []).append(bn)
         for m, bns in groups.items():
             c = [bn.num_features for bn in bns]
             dt = bns[0].running_mean.dtype
@@ -148,7 +152,7 @@ class _BNActConv(torch.autograd.Function):
             unit = (unit[0][: x.shape[1]], unit[1][: x.shape[1]])
             z = _affine(x, bn_w, bn_b, unit)
         else:
-            m = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+            m = _momentum(bn)
             z = F.batch_norm(x, bn.running_mean, bn.running_var, bn_w, bn_b, True, m, bn.eps)
         out = F.conv2d(act(z), conv_w, None, conv.stride, conv.padding, conv.dilation, conv.groups)
         device = x.device.type
@@ -268,6 +272,20 @@ def bn_act_conv(
     )  # fmt: skip
 
 
+def read_bn_act_conv(
+    x_hats: Sequence[Tensor],
+    bn: nn.BatchNorm2d,
+    act: nn.Module,
+    conv: nn.Module,
+    unit: tuple[Tensor, Tensor],
+    lean: bool,
+) -> Tensor:
+    """``conv(act(bn(cat(x))))`` reading normalised feature maps; ``lean``: keep only them."""
+    if lean and fusable(bn, conv):
+        return bn_act_conv(x_hats, bn, act, conv, unit)
+    return conv(affine_act(x_hats, bn, act, unit))
+
+
 class _BNActPool(torch.autograd.Function):
     """The ImageNet stem's BN -> act -> max-pool, keeping only the convolution's output.
 
@@ -278,7 +296,7 @@ class _BNActPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, bn: nn.BatchNorm2d, act: nn.Module, pool: nn.MaxPool2d, x: Tensor, *params):
         w, b = params[:2]
-        m = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+        m = _momentum(bn)
         z = F.batch_norm(x, bn.running_mean, bn.running_var, w, b, True, m, bn.eps)
         out = _max_pool(act(z), pool)
         ctx.modules = (bn, act, pool)
