@@ -7,9 +7,10 @@ and memory format.
 
 - Speed: one process per (batch, amp level) holds every model of the comparison (ours and
   torchvision's, memory_efficient off and on) and alternates single steps between them, rotating
-  the order each round; medians are reported. Alternating step by step keeps the ratios honest on a
-  machine whose speed drifts by 10-20% from minute to minute (a shared VM), where timing each model
-  in its own process minutes apart does not.
+  the order each round; img/s are medians, ratios the median of the per-round ratios.
+  Alternating step by step keeps the ratios honest on a machine whose speed drifts by 10-20% from
+  minute to minute (a shared VM), where timing each model in its own process minutes apart does
+  not.
 - Memory: every configuration in its own process, so that each peak is its own.
 
     python benchmarks/bench_train.py --model densenet121 --image-size 128 --batch 32
@@ -17,7 +18,8 @@ and memory format.
     python benchmarks/bench_train.py --scaling            # memory/time vs depth, with/without ME
 
 Peak memory: CUDA ``max_memory_allocated``; CPU the peak RSS. "act" is the peak minus the memory
-held between steps (weights, optimizer state): the activations and gradients of one step.
+held between steps (weights, optimizer state): the activations and gradients of one step. On CPU
+that is the peak RSS above the RSS after setup, less the optimizer state the first step creates.
 
 On CPU, RSS also counts what glibc's allocator keeps after tensors are freed (its heap only shrinks
 from the top), which varies by +-50 MB between identical runs and grows with fragmentation. The
@@ -96,7 +98,7 @@ def _live_bytes_sampler():
 
 
 def _build(spec: dict, impl: str, me: bool):
-    """Model, optimizer and one training step for ``impl`` with ``spec``'s settings."""
+    """One training step for ``impl`` with ``spec``'s settings, and its optimizer."""
     import torch
     import torchvision
 
@@ -150,13 +152,13 @@ def _build(spec: dict, impl: str, me: bool):
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    return step
+    return step, opt
 
 
 def speed_worker(spec: dict) -> dict:
     """img/s of every (impl, memory_efficient) in spec["variants"], alternating single steps."""
     variants = [tuple(v) for v in spec["variants"]]
-    steps = {v: _build(spec, *v) for v in variants}
+    steps = {v: _build(spec, *v)[0] for v in variants}
     for _ in range(spec["warmup"]):
         for v in variants:
             steps[v]()
@@ -168,7 +170,7 @@ def speed_worker(spec: dict) -> dict:
             steps[v]()
             times[v].append(time.perf_counter() - t)
     return {
-        f"{impl}/{me}": {"img_per_s": spec["batch"] / statistics.median(ts)}
+        f"{impl}/{me}": {"img_per_s": spec["batch"] / statistics.median(ts), "step_s": ts}
         for (impl, me), ts in times.items()
     }
 
@@ -180,7 +182,7 @@ def memory_worker(spec: dict) -> dict:
     import torch
 
     device = torch.device(spec["device"])
-    step = _build(spec, spec["impl"], spec["memory_efficient"])
+    step, opt = _build(spec, spec["impl"], spec["memory_efficient"])
     base_rss = _rss_mb()
     sampler = _live_bytes_sampler() if device.type == "cpu" else None
     result: dict = {}
@@ -200,8 +202,11 @@ def memory_worker(spec: dict) -> dict:
         result["peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         result["act_mb"] = result["peak_mb"] - steady
     else:
+        # what CUDA's "steady" holds and the post-setup RSS does not: the optimizer's state,
+        # created by the first step and kept between steps (gradients are freed after each step)
+        state = sum(t.nbytes for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
         result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        result["act_mb"] = result["peak_mb"] - base_rss
+        result["act_mb"] = result["peak_mb"] - base_rss - state / 2**20
     return result
 
 
@@ -354,7 +359,13 @@ def _merge(speed: dict, mem: dict, impl: str, me: bool) -> dict:
 def ratio(a: dict, b: dict, key: str, suffix: str = "") -> str:
     if key not in a or key not in b:
         return "-"
-    return f"{a[key] / b[key]:.2f}{suffix}"
+    if key == "img_per_s" and "step_s" in a and "step_s" in b:
+        # median of the per-round ratios: the two steps of a round ran seconds apart, so a
+        # drift of the machine's speed over the run cancels in each ratio
+        value = statistics.median(tb / ta for ta, tb in zip(a["step_s"], b["step_s"]))
+    else:
+        value = a[key] / b[key]
+    return f"{value:.2f}{suffix}"
 
 
 def _native_bf16() -> bool:

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 import torchvision
@@ -46,7 +48,8 @@ def test_torchvision_densenet121_weights_load_and_give_the_same_outputs():
     ours.eval(), theirs.eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=0)
+        # fp32 rounding only: our transitions pool before their 1x1 conv (the same function)
+        torch.testing.assert_close(ours(x), theirs(x))
 
 
 def test_pretrained_file_loads_old_key_names_and_replaces_a_different_classifier(tmp_path):
@@ -172,6 +175,31 @@ def test_memory_efficient_gives_the_same_outputs_gradients_and_running_stats(opt
         torch.testing.assert_close(ba, bb, msg=name)  # recompute must not update BN stats twice
 
 
+@pytest.mark.parametrize("memory_efficient", [False, True])
+@pytest.mark.parametrize("act", ["relu", "swish"])  # hand-written and autograd ME backward
+@pytest.mark.parametrize("pool", [nn.AvgPool2d(2, 2), nn.MaxPool2d(2, 2)])  # commutes or not
+def test_transition_equals_bn_act_conv_then_pool(pool, act, memory_efficient):
+    """Transitions pool before their 1x1 conv only where that is the same function."""
+    from densenet_exp.models.densenet import _Transition
+    from densenet_exp.models.layers import act_factory
+
+    torch.manual_seed(0)
+    t = _Transition(12, 6, act_factory(name=act), memory_efficient=memory_efficient)
+    t.pool = pool
+    ref = copy.deepcopy(t)
+    x = torch.randn(4, 12, 7, 7)  # odd size: the pool drops the last row and column
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out = t(xa)
+    expected = ref.pool(ref.conv(ref.act(ref.norm(xb))))
+    torch.testing.assert_close(out, expected)
+    out.square().sum().backward()
+    expected.square().sum().backward()
+    torch.testing.assert_close(xa.grad, xb.grad)
+    for (name, a), b in zip(t.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)
+    torch.testing.assert_close(t.norm.running_var, ref.norm.running_var)
+
+
 @pytest.mark.parametrize("options", [{}, {"conv": {"type": "dsconv"}, "act": {"name": "prelu"}}])
 def test_channels_last_gives_the_same_outputs_and_gradients(options):
     a, b = _tiny(**options), _tiny(**options)
@@ -241,20 +269,30 @@ def test_training_matches_torchvisions_densenet_step_for_step(memory_efficient, 
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=name)  # running stats
 
 
-def test_training_matches_torchvision_under_bf16_autocast():
+def test_training_is_as_accurate_as_torchvision_under_bf16_autocast():
+    """bf16 gradients differ from torchvision's by rounding only: both are measured against fp64.
+
+    (bf16 rounding alone puts 10-30% relative error on this tiny model's early gradients, and our
+    transitions round at another place, pooling before their 1x1 conv, so the two bf16 runs are
+    compared through their distance to the exact gradients, not to each other.)
+    """
     torch.manual_seed(0)
     theirs = torchvision.models.DenseNet(4, (2, 2), 8, num_classes=3)
     ours = DenseNet(4, (2, 2), 8, num_classes=3, memory_efficient=True)
     ours.load_state_dict(theirs.state_dict())
+    exact = copy.deepcopy(theirs).double()
     x = torch.randn(4, 3, 32, 32)
     for model in (theirs, ours):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = model(x)
         assert out.dtype == torch.bfloat16
         out.float().square().sum().backward()
-    for (name, a), b in zip(theirs.named_parameters(), ours.parameters()):
+    exact(x.double()).square().sum().backward()
+    for (name, a), b, e in zip(theirs.named_parameters(), ours.parameters(), exact.parameters()):
         assert b.grad.dtype == a.grad.dtype == torch.float32
-        torch.testing.assert_close(b.grad, a.grad, rtol=5e-2, atol=5e-2, msg=name)
+        ours_err = (b.grad.double() - e.grad).norm()
+        their_err = (a.grad.double() - e.grad).norm()
+        assert ours_err <= 1.5 * their_err + 1e-4 * e.grad.norm(), name
 
 
 def _saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
