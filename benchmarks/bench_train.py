@@ -24,8 +24,10 @@ that is the peak RSS above the RSS after setup, less the optimizer state the fir
 On CPU, RSS also counts what glibc's allocator keeps after tensors are freed (its heap only shrinks
 from the top), which varies by +-50 MB between identical runs and grows with fragmentation. The
 "live" columns are the CPU counterpart of CUDA's ``max_memory_allocated``: the peak of the bytes
-malloc has handed out and not had back (``mallinfo2``), sampled after every operator of one
-warm-up step, minus the same count before that step.
+malloc has handed out and not had back (``mallinfo2``) in one more step after the timed ones,
+sampled after every operator and by a thread polling every 0.2 ms (which catches most scratch
+buffers that live inside one operator, as CUDA's peak counts cuDNN's workspace), minus the same
+count before that step.
 
 Low precision on a CPU without bf16 instructions (AVX2 only) is emulated and ~15x slower than
 fp32; there the O1-O3 rows default to 1 warm-up step and 2 timed rounds.
@@ -39,6 +41,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -85,9 +88,26 @@ def _live_bytes_sampler():
         return info.uordblks + info.hblkhd  # heap chunks in use + mmapped chunks
 
     class Sampler(TorchDispatchMode):
+        """Samples after every operator, and from a thread polling meanwhile: that one also
+        catches the scratch an operator allocates and frees inside itself (oneDNN's reorder
+        buffers in a convolution's backward), as CUDA's peak counts cuDNN's workspace."""
+
         def __enter__(self):
             self.base = self.peak = in_use()
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            self._thread.start()
             return super().__enter__()
+
+        def __exit__(self, *exc):
+            self._stop.set()
+            self._thread.join()
+            return super().__exit__(*exc)
+
+        def _poll(self) -> None:
+            while not self._stop.is_set():
+                self.peak = max(self.peak, in_use())
+                time.sleep(0.0002)
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
@@ -184,15 +204,9 @@ def memory_worker(spec: dict) -> dict:
     device = torch.device(spec["device"])
     step, opt = _build(spec, spec["impl"], spec["memory_efficient"])
     base_rss = _rss_mb()
-    sampler = _live_bytes_sampler() if device.type == "cpu" else None
     result: dict = {}
-    for i in range(spec["warmup"]):
-        if sampler is not None and i == spec["warmup"] - 1:
-            with sampler() as s:
-                step()
-            result["live_mb"] = (s.peak - s.base) / 2**20
-        else:
-            step()
+    for _ in range(spec["warmup"]):
+        step()
     if device.type == "cuda":
         steady = torch.cuda.memory_allocated(device) / 2**20
         torch.cuda.reset_peak_memory_stats(device)
@@ -201,12 +215,19 @@ def memory_worker(spec: dict) -> dict:
     if device.type == "cuda":
         result["peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         result["act_mb"] = result["peak_mb"] - steady
-    else:
-        # what CUDA's "steady" holds and the post-setup RSS does not: the optimizer's state,
-        # created by the first step and kept between steps (gradients are freed after each step)
-        state = sum(t.nbytes for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
-        result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        result["act_mb"] = result["peak_mb"] - base_rss - state / 2**20
+        return result
+    # what CUDA's "steady" holds and the post-setup RSS does not: the optimizer's state, created
+    # by the first step and kept between steps (gradients are freed after each step)
+    state = sum(t.nbytes for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
+    result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["act_mb"] = result["peak_mb"] - base_rss - state / 2**20
+    # live bytes in one more step, after the RSS peak is read: the sampler's polling thread holds
+    # glibc's arena lock at times, which sends the step's allocations to a second arena
+    sampler = _live_bytes_sampler()
+    if sampler is not None:
+        with sampler() as s:
+            step()
+        result["live_mb"] = (s.peak - s.base) / 2**20
     return result
 
 

@@ -148,7 +148,7 @@ def pool_commutes(conv: nn.Module, pool: nn.Module) -> bool:
 
     Both are linear, one across channels at each pixel, the other across pixels of each channel,
     so their order is free; pooling first runs the convolution on a quarter of the pixels (the
-    transitions' convolutions are ~10% of densenet121's multiply-adds).
+    transitions' convolutions are 10.9% of densenet121's convolution multiply-adds).
     """
     return (
         type(conv) is nn.Conv2d
@@ -162,7 +162,7 @@ def pool_commutes(conv: nn.Module, pool: nn.Module) -> bool:
 
 
 def _avg_pool(y: Tensor, pool: nn.AvgPool2d) -> Tensor:
-    return F.avg_pool2d(y, pool.kernel_size, pool.stride, 0, pool.ceil_mode)
+    return F.avg_pool2d(y, pool.kernel_size, pool.stride, 0, pool.ceil_mode, pool.count_include_pad)
 
 
 class _BNActConv(torch.autograd.Function):
@@ -232,7 +232,8 @@ def _relu_backward(ctx, grad_out, inputs, bn_w, bn_b, conv_w) -> tuple:
             grad_z, grad_conv_w = _conv_backward(conv, grad_out, z, conv_w)
         else:
             grad_p, grad_conv_w = _conv_backward(conv, grad_out, _avg_pool(z, pool), conv_w)
-            # the pool's backward only reads z's shape (z is in grad_p's dtype here: no copy)
+            # the pool's backward only reads z's shape and dtype (the cast is a no-op unless the
+            # conv ran in another dtype than the activations)
             grad_z = torch.ops.aten.avg_pool2d_backward(
                 grad_p, z.to(grad_p.dtype), pool.kernel_size, pool.stride, 0, pool.ceil_mode,
                 pool.count_include_pad, None,
