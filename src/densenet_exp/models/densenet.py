@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from .fused import (
     bn_act_conv,
     bn_act_pool,
+    cat_channels,
     fusable,
     normalize,
     pool_commutes,
@@ -81,7 +82,7 @@ class _DenseLayer(nn.Module):
 
     def bottleneck(self, *inputs: Tensor) -> Tensor:
         """concat -> BN -> act -> 1x1 conv -> BN -> act: the activations that grow with depth."""
-        x = torch.cat(inputs, 1) if len(inputs) > 1 else inputs[0]
+        x = cat_channels(inputs)
         return self.act2(self.norm2(self.conv1(self.act1(self.norm1(x)))))
 
     def forward(self, inputs: Tensor | Sequence[Tensor] | DenseFeatures) -> Tensor:
@@ -171,7 +172,7 @@ class DenseFeatures:
         return self.normalized is not None and shareable(bn) and bn.training and bn.eps == self.eps
 
     def cat(self) -> Tensor:
-        return torch.cat(self.raw, 1) if len(self.raw) > 1 else self.raw[0]
+        return cat_channels(self.raw)
 
 
 class _DenseBlock(nn.ModuleDict):
@@ -259,9 +260,7 @@ class _Transition(nn.Sequential):
             if lean and fusable(self.norm, self.conv):
                 out = bn_act_conv(features, self.norm, self.act, self.conv, pool=pool)
             else:
-                y = self.act(
-                    self.norm(torch.cat(features, 1) if len(features) > 1 else features[0])
-                )
+                y = self.act(self.norm(cat_channels(features)))
                 out = self.conv(pool(y) if pool is not None else y)
         return self.pool(out) if pool is None else out
 

@@ -28,6 +28,11 @@ from torch import Tensor, nn
 _HALF = (torch.float16, torch.bfloat16)
 
 
+def cat_channels(tensors: Sequence[Tensor]) -> Tensor:
+    """The tensors concatenated along channels (a single one as it is, without a copy)."""
+    return torch.cat(list(tensors), 1) if len(tensors) > 1 else tensors[0]
+
+
 def shareable(bn: nn.Module) -> bool:
     """A BN whose training-mode output is an affine map of its input's batch-normalised values."""
     return type(bn) is nn.BatchNorm2d and bn.affine and bn.track_running_stats
@@ -113,7 +118,7 @@ def affine_act(
     x_hats: Sequence[Tensor], bn: nn.BatchNorm2d, act: nn.Module, unit: tuple[Tensor, Tensor]
 ) -> Tensor:
     """``act(bn(cat(x)))`` in training mode, given the already normalised parts of ``x``."""
-    x = torch.cat(list(x_hats), 1) if len(x_hats) > 1 else x_hats[0]
+    x = cat_channels(x_hats)
     c = x.shape[1]
     return act(_affine(x, bn.weight, bn.bias, (unit[0][:c], unit[1][:c])))
 
@@ -169,7 +174,7 @@ class _BNActConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, bn, act, conv, pool, unit, n: int, *args):
         inputs, (bn_w, bn_b, conv_w) = args[:n], args[n : n + 3]
-        x = torch.cat(inputs, 1) if n > 1 else inputs[0]
+        x = cat_channels(inputs)
         if unit is not None:  # inputs already normalised; running stats are the caller's
             unit = (unit[0][: x.shape[1]], unit[1][: x.shape[1]])
             z = _affine(x, bn_w, bn_b, unit)
@@ -222,7 +227,7 @@ def _relu_backward(ctx, grad_out, inputs, bn_w, bn_b, conv_w) -> tuple:
     # three tensors the size of the concatenation (x, z, dz) where autograd would hold five
     bn, _, conv, pool = ctx.modules
     with torch.no_grad():
-        x = torch.cat(inputs, 1) if len(inputs) > 1 else inputs[0]
+        x = cat_channels(inputs)
         if ctx.unit is not None:
             z = _affine(x, bn_w, bn_b, ctx.unit)
         else:
@@ -269,7 +274,7 @@ def _autograd_backward(ctx, grad_out, inputs, bn_w, bn_b, conv_w) -> tuple:
         xs = [t.detach().requires_grad_(t.requires_grad) for t in inputs]
         w = bn_w.detach().requires_grad_(bn_w.requires_grad)
         b = bn_b.detach().requires_grad_(bn_b.requires_grad)
-        x = torch.cat(xs, 1) if len(xs) > 1 else xs[0]
+        x = cat_channels(xs)
         # batch statistics again unless shared; running stats were updated once, in forward
         if ctx.unit is not None:
             z = _affine(x, w, b, ctx.unit)
