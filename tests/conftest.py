@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
@@ -47,6 +48,14 @@ def assert_as_accurate(ours, theirs, exact, factor: float = 1.5) -> None:
             ours_err.item(),
             their_err.item(),
         )
+
+
+def grad_error(model, exact) -> float:
+    """Relative distance of all of ``model``'s gradients, as one vector, from ``exact``'s."""
+    pairs = list(zip(model.parameters(), exact.parameters(), strict=True))
+    diff = torch.cat([(a.grad.double() - e.grad.double()).flatten() for a, e in pairs])
+    ref = torch.cat([e.grad.double().flatten() for _, e in pairs])
+    return (diff.norm() / ref.norm()).item()
 
 
 def compose_cfg(overrides: list[str] | None = None, hydra_config: bool = False):

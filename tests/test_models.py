@@ -3,7 +3,7 @@ import copy
 import pytest
 import torch
 import torchvision
-from conftest import assert_as_accurate, compose_cfg
+from conftest import assert_as_accurate, compose_cfg, grad_error
 from torch import nn
 
 from densenet_exp.models import (
@@ -14,6 +14,7 @@ from densenet_exp.models import (
     densenet169,
     densenet201,
     densenet_bc,
+    fused,
     load_pretrained,
 )
 from densenet_exp.models.densenet import DenseNet
@@ -150,6 +151,14 @@ def test_kaiming_fan_out_gives_the_expected_spread():
     assert w.std().item() == pytest.approx(expected, rel=0.05)
 
 
+@pytest.fixture(params=[False, True], ids=["whole-batch", "sliced"])
+def sliced(request, monkeypatch) -> bool:
+    """Run the memory-efficient backward (and forward) per sample instead of per batch."""
+    if request.param:
+        monkeypatch.setattr(fused, "SLICE_BYTES", 1)
+    return request.param
+
+
 @pytest.mark.parametrize(
     "options",
     [
@@ -161,7 +170,7 @@ def test_kaiming_fan_out_gives_the_expected_spread():
         {"stem": "imagenet", "act": {"name": "prelu"}},  # ... and its autograd path
     ],
 )
-def test_memory_efficient_gives_the_same_outputs_gradients_and_running_stats(options):
+def test_memory_efficient_gives_the_same_outputs_gradients_and_running_stats(options, sliced):
     plain, lean = _tiny(**options), _tiny(memory_efficient=True, **options)
     lean.load_state_dict(plain.state_dict())
     x = torch.randn(4, 3, 16, 16)
@@ -178,7 +187,7 @@ def test_memory_efficient_gives_the_same_outputs_gradients_and_running_stats(opt
 @pytest.mark.parametrize("memory_efficient", [False, True])
 @pytest.mark.parametrize("act", ["relu", "swish"])  # hand-written and autograd ME backward
 @pytest.mark.parametrize("pool", [nn.AvgPool2d(2, 2), nn.MaxPool2d(2, 2)])  # commutes or not
-def test_transition_equals_bn_act_conv_then_pool(pool, act, memory_efficient):
+def test_transition_equals_bn_act_conv_then_pool(pool, act, memory_efficient, sliced):
     """Transitions pool before their 1x1 conv only where that is the same function."""
     from densenet_exp.models.densenet import _Transition
     from densenet_exp.models.layers import act_factory
@@ -200,9 +209,11 @@ def test_transition_equals_bn_act_conv_then_pool(pool, act, memory_efficient):
     torch.testing.assert_close(t.norm.running_var, ref.norm.running_var)
 
 
+@pytest.mark.parametrize("memory_efficient", [False, True])
 @pytest.mark.parametrize("options", [{}, {"conv": {"type": "dsconv"}, "act": {"name": "prelu"}}])
-def test_channels_last_gives_the_same_outputs_and_gradients(options):
-    a, b = _tiny(**options), _tiny(**options)
+def test_channels_last_gives_the_same_outputs_and_gradients(options, memory_efficient, sliced):
+    a = _tiny(memory_efficient=memory_efficient, **options)
+    b = _tiny(memory_efficient=memory_efficient, **options)
     b.load_state_dict(a.state_dict())
     b.to(memory_format=torch.channels_last)
     x = torch.randn(4, 3, 8, 8)
@@ -221,25 +232,37 @@ def test_build_model_rejects_a_class_count_that_disagrees_with_the_data():
     assert build_model(cfg, num_classes=5).classifier.out_features == 5
 
 
+@pytest.mark.parametrize("stem", ["cifar", "imagenet"])  # imagenet: the fused BN-act-pool stem
 @pytest.mark.parametrize("act", ["relu", "prelu"])  # hand-written and autograd backward
 @pytest.mark.parametrize("level", ["O1", "O2", "O3"])
-def test_memory_efficient_matches_under_low_precision(level, act):
+def test_memory_efficient_matches_under_low_precision(level, act, stem, sliced):
+    """bf16 gradients with memory_efficient are as accurate as without, measured against fp64.
+
+    The two round at different places (the memory-efficient layer stores its normalised
+    bottleneck output in bf16 and applies the affine after), so under O3, where BN runs in bf16
+    too, they differ by rounding noise: on this tiny model one seed's total error ratio ranges
+    0.5-1.7 either way, with a mean of 1.0. Summed over four seeds it is stable; a wrong gradient
+    is off by far more.
+    """
     from test_precision import amp
 
     from densenet_exp.precision import Precision
 
-    models = []
-    for me in (False, True):
-        model = _tiny(memory_efficient=me, act={"name": act})
-        policy = Precision(amp(level, dtype="bfloat16"), torch.device("cpu"))
-        policy.prepare(model, None)
-        torch.manual_seed(3)
-        x = policy.cast_input(torch.randn(4, 3, 8, 8))
-        with policy.autocast():
-            model(x).float().square().sum().backward()
-        models.append(model)
-    for (name, a), b in zip(models[0].named_parameters(), models[1].parameters()):
-        torch.testing.assert_close(a.grad.float(), b.grad.float(), rtol=2e-2, atol=2e-2, msg=name)
+    errors = torch.zeros(2, dtype=torch.float64)
+    for seed in range(4):
+        torch.manual_seed(seed)
+        x = torch.randn(4, 3, 8, 8)
+        exact = _tiny(act={"name": act}, stem=stem).double()
+        exact(x.double()).square().sum().backward()
+        for i, me in enumerate((False, True)):
+            model = _tiny(memory_efficient=me, act={"name": act}, stem=stem)
+            policy = Precision(amp(level, dtype="bfloat16"), torch.device("cpu"))
+            policy.prepare(model, None)
+            with policy.autocast():
+                model(policy.cast_input(x)).float().square().sum().backward()
+            assert model.classifier.weight.grad.dtype == model.classifier.weight.dtype
+            errors[i] += grad_error(model, exact)
+    assert errors[1] <= 1.3 * errors[0], errors.tolist()
 
 
 @pytest.mark.parametrize("momentum", [0.1, None])  # None: cumulative average of batch stats

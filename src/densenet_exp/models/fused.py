@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -170,22 +171,33 @@ def _avg_pool(y: Tensor, pool: nn.AvgPool2d) -> Tensor:
     return F.avg_pool2d(y, pool.kernel_size, pool.stride, 0, pool.ceil_mode, pool.count_include_pad)
 
 
+def _act_conv(z: Tensor, act: nn.Module, conv: nn.Conv2d, pool: nn.AvgPool2d | None, w: Tensor):
+    y = act(z)
+    if pool is not None:
+        y = _avg_pool(y, pool)
+    return F.conv2d(y, w, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
 class _BNActConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, bn, act, conv, pool, unit, n: int, *args):
         inputs, (bn_w, bn_b, conv_w) = args[:n], args[n : n + 3]
-        x = cat_channels(inputs)
+        c = sum(t.shape[1] for t in inputs)
         if unit is not None:  # inputs already normalised; running stats are the caller's
-            unit = (unit[0][: x.shape[1]], unit[1][: x.shape[1]])
-            z = _affine(x, bn_w, bn_b, unit)
+            unit = (unit[0][:c], unit[1][:c])
+            # per sample: in batch slices, like the backward (see SLICE_BYTES)
+            outs = [
+                _act_conv(_affine(cat_channels([t[sl] for t in inputs]), bn_w, bn_b, unit),
+                          act, conv, pool, conv_w)
+                for sl in _batch_slices(inputs)
+            ]  # fmt: skip
+            out = torch.cat(outs) if len(outs) > 1 else outs[0]
         else:
             m = _momentum(bn)
+            x = cat_channels(inputs)
             z = F.batch_norm(x, bn.running_mean, bn.running_var, bn_w, bn_b, True, m, bn.eps)
-        y = act(z)
-        if pool is not None:
-            y = _avg_pool(y, pool)
-        out = F.conv2d(y, conv_w, None, conv.stride, conv.padding, conv.dilation, conv.groups)
-        device = x.device.type
+            out = _act_conv(z, act, conv, pool, conv_w)
+        device = inputs[0].device.type
         ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
         ctx.modules, ctx.n, ctx.unit = (bn, act, conv, pool), n, unit
         ctx.save_for_backward(*inputs, bn_w, bn_b, conv_w)
@@ -222,49 +234,121 @@ def _conv_backward(conv: nn.Conv2d, grad_out: Tensor, y: Tensor, conv_w: Tensor)
     return grad_y, grad_w.to(conv_w.dtype) if grad_w is not None else None
 
 
+# Readers of already normalised maps (``unit``) run in batch slices of about this many bytes of
+# input, forward and ReLU backward: every step (affine, activation, pool, convolution and their
+# backward) is per sample except the weight gradients, which are summed over the slices. On CPU,
+# the whole-batch transients of the first dense block (concatenation, activation, their
+# gradient, oneDNN's reordered copies inside the convolution's backward: ~150 MB per layer at
+# densenet121, 128 px, batch 32) are allocated and freed layer after layer, each a little larger
+# than the last, and glibc keeps the holes they leave in its heap. Slicing took the memory-
+# efficient mode's peak RSS from 790-905 MB to 680-760 MB at the same speed (benchmarks/
+# RESULTS.md). CUDA's caching allocator reuses freed blocks and larger kernels run faster
+# there, so CUDA runs the whole batch, as does a compiled model.
+SLICE_BYTES = 8 * 2**20
+
+
+def _batch_slices(inputs: Sequence[Tensor]) -> list[slice]:
+    n = inputs[0].shape[0]
+    if inputs[0].is_cuda or torch.compiler.is_compiling():
+        # compiled: the graph's buffers are planned by the compiler, not glibc, and the sizes
+        # may be symbolic
+        return [slice(0, n)]
+    k = min(n, max(1, -(-sum(t.nbytes for t in inputs) // SLICE_BYTES)))
+    step = -(-n // k)
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
 def _relu_backward(ctx, grad_out, inputs, bn_w, bn_b, conv_w) -> tuple:
     # ReLU: every gradient written by hand, in place where possible, so backward holds at most
     # three tensors the size of the concatenation (x, z, dz) where autograd would hold five
-    bn, _, conv, pool = ctx.modules
+    if ctx.unit is None:
+        return _relu_backward_batch_stats(ctx, grad_out, inputs, bn_w, bn_b, conv_w)
+    _, _, conv, pool = ctx.modules
+    slices = _batch_slices(inputs)
+    want_x = inputs[0].requires_grad
+    mask = [False, bn_w.requires_grad, bn_b.requires_grad]
+    grad_x, sums = None, [None, None, None]  # dL/d(bn_w, bn_b, conv_w), accumulated in fp32
     with torch.no_grad():
-        x = cat_channels(inputs)
-        if ctx.unit is not None:
-            z = _affine(x, bn_w, bn_b, ctx.unit)
-        else:
-            z, mean, invstd = torch.native_batch_norm(x, bn_w, bn_b, None, None, True, 0.0, bn.eps)
-        z.relu_()
-        if pool is None:
-            grad_z, grad_conv_w = _conv_backward(conv, grad_out, z, conv_w)
-        else:
-            grad_p, grad_conv_w = _conv_backward(conv, grad_out, _avg_pool(z, pool), conv_w)
-            # the pool's backward only reads z's shape and dtype (the cast is a no-op unless the
-            # conv ran in another dtype than the activations)
-            grad_z = torch.ops.aten.avg_pool2d_backward(
-                grad_p, z.to(grad_p.dtype), pool.kernel_size, pool.stride, 0, pool.ceil_mode,
-                pool.count_include_pad, None,
-            )  # fmt: skip
-            del grad_p
-        # in place: threshold_backward may write over its own input (masked_fill_ is 10x slower)
-        torch.ops.aten.threshold_backward.grad_input(grad_z, z, 0, grad_input=grad_z)
-        del z
-        mask = [False, bn_w.requires_grad, bn_b.requires_grad]
-        if ctx.unit is not None:  # d(x*w + b)/dx = w: scale dz in place once the sums are taken
+        for sl in slices:
+            x = cat_channels([t[sl] for t in inputs])
+            z = _affine(x, bn_w, bn_b, ctx.unit).relu_()
+            grad_z, grad_conv_w = _relu_conv_backward(conv, pool, grad_out[sl], z, conv_w)
+            del z
             _, grad_w, grad_b = torch.ops.aten.native_batch_norm_backward(
                 grad_z, x, bn_w, *ctx.unit, None, None, False, 0.0, mask
             )
-            grad_x = grad_z.mul_(bn_w.view(1, -1, 1, 1)) if inputs[0].requires_grad else None
-        else:
-            mask[0] = True
-            grad_x, grad_w, grad_b = torch.ops.aten.native_batch_norm_backward(
-                grad_z, x, bn_w, None, None, mean, invstd, True, bn.eps, mask
-            )
-    del x
+            del x
+            for i, g in enumerate((grad_w, grad_b, grad_conv_w)):
+                if g is not None:
+                    sums[i] = g.float() if sums[i] is None else sums[i].add_(g)
+            if not want_x:
+                continue
+            w = bn_w.view(1, -1, 1, 1)
+            if len(slices) == 1:  # d(x*w + b)/dx = w: scale dz in place, the sums are taken
+                grad_x = grad_z.mul_(w)
+            else:
+                if grad_x is None:
+                    shape = (inputs[0].shape[0], *grad_z.shape[1:])
+                    fmt = _memory_format(grad_z)
+                    grad_x = torch.empty(
+                        shape, dtype=grad_z.dtype, device=grad_z.device, memory_format=fmt
+                    )
+                torch.mul(grad_z, w, out=grad_x[sl])
+    params = (bn_w, bn_b, conv_w)
+    grad_w, grad_b, grad_conv_w = (
+        g.to(p.dtype) if g is not None else None for g, p in zip(sums, params)
+    )
+    return (*_split_grad(grad_x, inputs), grad_w, grad_b, grad_conv_w)
+
+
+def _memory_format(t: Tensor) -> torch.memory_format:
+    cl = t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if cl and not t.is_contiguous() else torch.contiguous_format
+
+
+def _relu_conv_backward(conv, pool, grad_out: Tensor, z: Tensor, conv_w: Tensor):
+    """dL/dz (not yet through the ReLU) and dL/dw of ``conv(pool(z))`` for ReLU'd ``z``;
+    dL/dz is then taken through the ReLU in place."""
+    if pool is None:
+        grad_z, grad_conv_w = _conv_backward(conv, grad_out, z, conv_w)
+    else:
+        grad_p, grad_conv_w = _conv_backward(conv, grad_out, _avg_pool(z, pool), conv_w)
+        # the pool's backward only reads z's shape and dtype (the cast is a no-op unless the
+        # conv ran in another dtype than the activations)
+        grad_z = torch.ops.aten.avg_pool2d_backward(
+            grad_p, z.to(grad_p.dtype), pool.kernel_size, pool.stride, 0, pool.ceil_mode,
+            pool.count_include_pad, None,
+        )  # fmt: skip
+        del grad_p
+    # in place: threshold_backward may write over its own input (masked_fill_ is 10x slower)
+    torch.ops.aten.threshold_backward.grad_input(grad_z, z, 0, grad_input=grad_z)
+    return grad_z, grad_conv_w
+
+
+def _split_grad(grad_x: Tensor | None, inputs: Sequence[Tensor]) -> list[Tensor | None]:
+    """The gradient of the concatenation, as each input's part in that input's dtype."""
     sizes = [t.shape[1] for t in inputs]
     parts = grad_x.split(sizes, 1) if grad_x is not None else [None] * len(inputs)
-    grads = [
+    return [
         g.to(t.dtype) if g is not None and t.requires_grad else None for g, t in zip(parts, inputs)
     ]
-    return (*grads, grad_w, grad_b, grad_conv_w)
+
+
+def _relu_backward_batch_stats(ctx, grad_out, inputs, bn_w, bn_b, conv_w) -> tuple:
+    # the BN's own batch statistics couple the samples: the whole batch at once
+    bn, _, conv, _ = ctx.modules
+    with torch.no_grad():
+        x = cat_channels(inputs)
+        z, mean, invstd = torch.native_batch_norm(x, bn_w, bn_b, None, None, True, 0.0, bn.eps)
+        z.relu_()
+        grad_z, grad_conv_w = _relu_conv_backward(conv, ctx.modules[3], grad_out, z, conv_w)
+        del z
+        mask = [True, bn_w.requires_grad, bn_b.requires_grad]
+        grad_x, grad_w, grad_b = torch.ops.aten.native_batch_norm_backward(
+            grad_z, x, bn_w, None, None, mean, invstd, True, bn.eps, mask
+        )
+    del x
+    return (*_split_grad(grad_x, inputs), grad_w, grad_b, grad_conv_w)
 
 
 def _autograd_backward(ctx, grad_out, inputs, bn_w, bn_b, conv_w) -> tuple:
@@ -356,6 +440,8 @@ class _BNActPool(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):
         bn, act, pool = ctx.modules
         x, w, b = ctx.saved_tensors
+        if type(act) is nn.ReLU:
+            return (None, None, None, *_bn_relu_pool_backward(bn, pool, grad_out, x, w, b))
         act_params = list(act.parameters())
         with torch.enable_grad():
             leaves = [t.detach().requires_grad_(t.requires_grad) for t in (x, w, b)]
@@ -365,6 +451,30 @@ class _BNActPool(torch.autograd.Function):
         grads = iter(torch.autograd.grad(out, wanted, grad_out))
         result = [next(grads) if t.requires_grad else None for t in (*leaves, *act_params)]
         return (None, None, None, *result)
+
+
+def _bn_relu_pool_backward(bn, pool, grad_out: Tensor, x: Tensor, w: Tensor, b: Tensor):
+    # by hand, for the two largest tensors of the network: the ReLU's gradient in place, and the
+    # recomputed activation freed before BN's backward allocates its gradient (autograd would
+    # hold three activation-sized tensors at the end of backward where this holds two)
+    with torch.no_grad():
+        z, mean, invstd = torch.native_batch_norm(x, w, b, None, None, True, 0.0, bn.eps)
+        z.relu_()
+        _, indices = F.max_pool2d(
+            z, pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode, True
+        )
+        grad_z = torch.ops.aten.max_pool2d_with_indices_backward(
+            grad_out, z, _pair(pool.kernel_size), _pair(pool.stride),
+            _pair(pool.padding), _pair(pool.dilation), pool.ceil_mode, indices,
+        )  # fmt: skip
+        del indices
+        torch.ops.aten.threshold_backward.grad_input(grad_z, z, 0, grad_input=grad_z)
+        del z
+        mask = [x.requires_grad, w.requires_grad, b.requires_grad]
+        grads = torch.ops.aten.native_batch_norm_backward(
+            grad_z, x, w, None, None, mean, invstd, True, bn.eps, mask
+        )
+    return grads
 
 
 def _max_pool(y: Tensor, pool: nn.MaxPool2d) -> Tensor:
