@@ -155,7 +155,7 @@ def test_kaiming_fan_out_gives_the_expected_spread():
 def sliced(request, monkeypatch) -> bool:
     """Run the memory-efficient backward (and forward) per sample instead of per batch."""
     if request.param:
-        monkeypatch.setattr(fused, "SLICE_BYTES", 1)
+        monkeypatch.setattr(fused, "SLICE_ELEMENTS", 1)
     return request.param
 
 

@@ -23,6 +23,7 @@ from .fused import (
     bn_act_pool,
     cat_channels,
     fusable,
+    input_conv,
     normalize,
     pool_commutes,
     read_bn_act_conv,
@@ -360,7 +361,7 @@ class DenseNet(nn.Module):
         f = self.features
         if self._lean_stem():
             # keep only conv0's output; backward recomputes norm0, act0 and the pool
-            x = bn_act_pool(f.conv0(x), f.norm0, f.act0, f.pool0)
+            x = bn_act_pool(input_conv(x, f.conv0), f.norm0, f.act0, f.pool0)
             for module in list(f.children())[4:]:
                 x = module(x)
         else:

@@ -185,7 +185,7 @@ class _BNActConv(torch.autograd.Function):
         c = sum(t.shape[1] for t in inputs)
         if unit is not None:  # inputs already normalised; running stats are the caller's
             unit = (unit[0][:c], unit[1][:c])
-            # per sample: in batch slices, like the backward (see SLICE_BYTES)
+            # per sample: in batch slices, like the backward (see SLICE_ELEMENTS)
             outs = [
                 _act_conv(_affine(cat_channels([t[sl] for t in inputs]), bn_w, bn_b, unit),
                           act, conv, pool, conv_w)
@@ -215,7 +215,9 @@ class _BNActConv(torch.autograd.Function):
         return (None,) * 6 + grads
 
 
-def _conv_backward(conv: nn.Conv2d, grad_out: Tensor, y: Tensor, conv_w: Tensor):
+def _conv_backward(
+    conv: nn.Conv2d, grad_out: Tensor, y: Tensor, conv_w: Tensor, input_grad: bool = True
+):
     """dL/dy and dL/dw of ``conv(y)``, in grad_out's dtype (what autocast ran the conv in)."""
     gdtype = grad_out.dtype
     grad_y, grad_w, _ = torch.ops.aten.convolution_backward(
@@ -229,12 +231,12 @@ def _conv_backward(conv: nn.Conv2d, grad_out: Tensor, y: Tensor, conv_w: Tensor)
         False,
         [0, 0],
         conv.groups,
-        [True, conv_w.requires_grad, False],
+        [input_grad, conv_w.requires_grad, False],
     )
     return grad_y, grad_w.to(conv_w.dtype) if grad_w is not None else None
 
 
-# Readers of already normalised maps (``unit``) run in batch slices of about this many bytes of
+# Readers of already normalised maps (``unit``) run in batch slices of about this many elements of
 # input, forward and ReLU backward: every step (affine, activation, pool, convolution and their
 # backward) is per sample except the weight gradients, which are summed over the slices. On CPU,
 # the whole-batch transients of the first dense block (concatenation, activation, their
@@ -244,7 +246,8 @@ def _conv_backward(conv: nn.Conv2d, grad_out: Tensor, y: Tensor, conv_w: Tensor)
 # efficient mode's peak RSS from 790-905 MB to 680-760 MB at the same speed (benchmarks/
 # RESULTS.md). CUDA's caching allocator reuses freed blocks and larger kernels run faster
 # there, so CUDA runs the whole batch, as does a compiled model.
-SLICE_BYTES = 8 * 2**20
+# Elements, not bytes: bf16 slices as finely as fp32, as its emulated kernels' scratch is fp32.
+SLICE_ELEMENTS = 2 * 2**20
 
 
 def _batch_slices(inputs: Sequence[Tensor]) -> list[slice]:
@@ -253,7 +256,7 @@ def _batch_slices(inputs: Sequence[Tensor]) -> list[slice]:
         # compiled: the graph's buffers are planned by the compiler, not glibc, and the sizes
         # may be symbolic
         return [slice(0, n)]
-    k = min(n, max(1, -(-sum(t.nbytes for t in inputs) // SLICE_BYTES)))
+    k = min(n, max(1, -(-sum(t.numel() for t in inputs) // SLICE_ELEMENTS)))
     step = -(-n // k)
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
@@ -417,6 +420,43 @@ def read_bn_act_conv(
         return bn_act_conv(x_hats, bn, act, conv, unit, pool)
     y = affine_act(x_hats, bn, act, unit)
     return conv(pool(y) if pool is not None else y)
+
+
+class _InputConv(torch.autograd.Function):
+    """A convolution of the network's input, whose gradient nobody wants.
+
+    Backward computes only the weight gradient, in batch slices (see ``SLICE_ELEMENTS``): the
+    ImageNet stem's 7x7 convolution is the largest single scratch of the step on CPU (its
+    weight gradient's oneDNN buffers; under emulated bf16, the step's RSS peak).
+    """
+
+    @staticmethod
+    def forward(ctx, conv: nn.Conv2d, x: Tensor, w: Tensor):
+        ctx.conv = conv
+        ctx.save_for_backward(x, w)
+        return F.conv2d(x, w, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        x, w = ctx.saved_tensors
+        grad_w = None
+        for sl in _batch_slices([grad_out]):
+            _, g = _conv_backward(ctx.conv, grad_out[sl], x[sl], w, input_grad=False)
+            grad_w = g.float() if grad_w is None else grad_w.add_(g)
+        return None, None, grad_w.to(w.dtype)
+
+
+def input_conv(x: Tensor, conv: nn.Module) -> Tensor:
+    """``conv(x)`` for an ``x`` that needs no gradient (see ``_InputConv``)."""
+    plain = (
+        type(conv) is nn.Conv2d
+        and conv.bias is None
+        and conv.padding_mode == "zeros"
+        and not isinstance(conv.padding, str)
+    )
+    if not plain or x.requires_grad or not conv.weight.requires_grad:
+        return conv(x)
+    return _InputConv.apply(conv, x, conv.weight)
 
 
 class _BNActPool(torch.autograd.Function):
