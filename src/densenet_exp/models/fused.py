@@ -39,15 +39,19 @@ def shareable(bn: nn.Module) -> bool:
     return type(bn) is nn.BatchNorm2d and bn.affine and bn.track_running_stats
 
 
-def fusable(bn: nn.Module, conv: nn.Module) -> bool:
-    """Plain BatchNorm2d followed by a bias-free, zero-padded Conv2d."""
+def _plain_conv(conv: nn.Module) -> bool:
+    """A bias-free, zero-padded Conv2d: what the hand-written backward passes compute."""
     return (
-        shareable(bn)
-        and type(conv) is nn.Conv2d
+        type(conv) is nn.Conv2d
         and conv.bias is None
         and conv.padding_mode == "zeros"
         and not isinstance(conv.padding, str)
     )
+
+
+def fusable(bn: nn.Module, conv: nn.Module) -> bool:
+    """Plain BatchNorm2d followed by a bias-free, zero-padded Conv2d."""
+    return shareable(bn) and _plain_conv(conv)
 
 
 class _Normalize(torch.autograd.Function):
@@ -187,7 +191,7 @@ class _BNActConv(torch.autograd.Function):
             unit = (unit[0][:c], unit[1][:c])
             # per sample: in batch slices, like the backward (see SLICE_ELEMENTS)
             outs = [
-                _act_conv(_affine(cat_channels([t[sl] for t in inputs]), bn_w, bn_b, unit),
+                _act_conv(_affine(cat_channels([_rows(t, sl) for t in inputs]), bn_w, bn_b, unit),
                           act, conv, pool, conv_w)
                 for sl in _batch_slices(inputs)
             ]  # fmt: skip
@@ -250,15 +254,33 @@ def _conv_backward(
 SLICE_ELEMENTS = 2 * 2**20
 
 
+_WHOLE = slice(None)
+
+
 def _batch_slices(inputs: Sequence[Tensor]) -> list[slice]:
+    """The batch slices to run in; ``[_WHOLE]`` for the whole batch at once."""
     n = inputs[0].shape[0]
     if inputs[0].is_cuda or torch.compiler.is_compiling():
         # compiled: the graph's buffers are planned by the compiler, not glibc, and the sizes
         # may be symbolic
-        return [slice(0, n)]
+        return [_WHOLE]
     k = min(n, max(1, -(-sum(t.numel() for t in inputs) // SLICE_ELEMENTS)))
+    if k == 1:
+        return [_WHOLE]
     step = -(-n // k)
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
+def _rows(t: Tensor, sl: slice) -> Tensor:
+    # the whole batch as it is: no view op per input per layer on the unsliced (CUDA) path
+    return t if sl is _WHOLE else t[sl]
+
+
+def _accumulate(total: Tensor | None, g: Tensor | None) -> Tensor | None:
+    """A weight gradient summed over batch slices, in fp32."""
+    if g is None:
+        return total
+    return g.float() if total is None else total.add_(g)
 
 
 def _relu_backward(ctx, grad_out, inputs, bn_w, bn_b, conv_w) -> tuple:
@@ -273,17 +295,15 @@ def _relu_backward(ctx, grad_out, inputs, bn_w, bn_b, conv_w) -> tuple:
     grad_x, sums = None, [None, None, None]  # dL/d(bn_w, bn_b, conv_w), accumulated in fp32
     with torch.no_grad():
         for sl in slices:
-            x = cat_channels([t[sl] for t in inputs])
+            x = cat_channels([_rows(t, sl) for t in inputs])
             z = _affine(x, bn_w, bn_b, ctx.unit).relu_()
-            grad_z, grad_conv_w = _relu_conv_backward(conv, pool, grad_out[sl], z, conv_w)
+            grad_z, grad_conv_w = _relu_conv_backward(conv, pool, _rows(grad_out, sl), z, conv_w)
             del z
             _, grad_w, grad_b = torch.ops.aten.native_batch_norm_backward(
                 grad_z, x, bn_w, *ctx.unit, None, None, False, 0.0, mask
             )
             del x
-            for i, g in enumerate((grad_w, grad_b, grad_conv_w)):
-                if g is not None:
-                    sums[i] = g.float() if sums[i] is None else sums[i].add_(g)
+            sums = [_accumulate(t, g) for t, g in zip(sums, (grad_w, grad_b, grad_conv_w))]
             if not want_x:
                 continue
             w = bn_w.view(1, -1, 1, 1)
@@ -339,12 +359,12 @@ def _split_grad(grad_x: Tensor | None, inputs: Sequence[Tensor]) -> list[Tensor 
 
 def _relu_backward_batch_stats(ctx, grad_out, inputs, bn_w, bn_b, conv_w) -> tuple:
     # the BN's own batch statistics couple the samples: the whole batch at once
-    bn, _, conv, _ = ctx.modules
+    bn, _, conv, pool = ctx.modules
     with torch.no_grad():
         x = cat_channels(inputs)
         z, mean, invstd = torch.native_batch_norm(x, bn_w, bn_b, None, None, True, 0.0, bn.eps)
         z.relu_()
-        grad_z, grad_conv_w = _relu_conv_backward(conv, ctx.modules[3], grad_out, z, conv_w)
+        grad_z, grad_conv_w = _relu_conv_backward(conv, pool, grad_out, z, conv_w)
         del z
         mask = [True, bn_w.requires_grad, bn_b.requires_grad]
         grad_x, grad_w, grad_b = torch.ops.aten.native_batch_norm_backward(
@@ -441,20 +461,14 @@ class _InputConv(torch.autograd.Function):
         x, w = ctx.saved_tensors
         grad_w = None
         for sl in _batch_slices([grad_out]):
-            _, g = _conv_backward(ctx.conv, grad_out[sl], x[sl], w, input_grad=False)
-            grad_w = g.float() if grad_w is None else grad_w.add_(g)
+            _, g = _conv_backward(ctx.conv, _rows(grad_out, sl), _rows(x, sl), w, input_grad=False)
+            grad_w = _accumulate(grad_w, g)
         return None, None, grad_w.to(w.dtype)
 
 
 def input_conv(x: Tensor, conv: nn.Module) -> Tensor:
     """``conv(x)`` for an ``x`` that needs no gradient (see ``_InputConv``)."""
-    plain = (
-        type(conv) is nn.Conv2d
-        and conv.bias is None
-        and conv.padding_mode == "zeros"
-        and not isinstance(conv.padding, str)
-    )
-    if not plain or x.requires_grad or not conv.weight.requires_grad:
+    if not _plain_conv(conv) or x.requires_grad or not conv.weight.requires_grad:
         return conv(x)
     return _InputConv.apply(conv, x, conv.weight)
 
