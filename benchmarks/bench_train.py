@@ -22,7 +22,10 @@ held between steps (weights, optimizer state): the activations and gradients of 
 that is the peak RSS above the RSS after setup, less the optimizer state the first step creates.
 
 On CPU, RSS also counts what glibc's allocator keeps after tensors are freed (its heap only shrinks
-from the top), which varies by +-50 MB between identical runs and grows with fragmentation. The
+from the top), which varies by +-50 MB between identical runs and grows with fragmentation; our
+memory-efficient mode hands those pages back within a time budget (``models/heap.py``;
+``--no-heap-trim`` turns that off for an A/B). In the speed process, whose heap all models share,
+the trims' time budget counts our memory-efficient model's steps only, as if it ran alone. The
 "live" columns are the CPU counterpart of CUDA's ``max_memory_allocated``: the peak of the bytes
 malloc has handed out and not had back (``mallinfo2``) in one more step after the timed ones,
 sampled after every operator and by a thread polling every 0.2 ms (which catches most scratch
@@ -124,7 +127,11 @@ def _build(spec: dict, impl: str, me: bool):
 
     sys.path.insert(0, str(ROOT / "src"))
     from densenet_exp import models
+    from densenet_exp.models import heap
     from densenet_exp.precision import Precision
+
+    if not spec.get("heap_trim", True):
+        heap.SLACK_BYTES = None
 
     device = torch.device(spec["device"])
     torch.backends.cudnn.benchmark = True
@@ -179,6 +186,8 @@ def speed_worker(spec: dict) -> dict:
     """img/s of every (impl, memory_efficient) in spec["variants"], alternating single steps."""
     variants = [tuple(v) for v in spec["variants"]]
     steps = {v: _build(spec, *v)[0] for v in variants}
+    from densenet_exp.models import heap
+
     for _ in range(spec["warmup"]):
         for v in variants:
             steps[v]()
@@ -188,7 +197,12 @@ def speed_worker(spec: dict) -> dict:
         for v in variants[k:] + variants[:k]:  # rotate who goes first
             t = time.perf_counter()
             steps[v]()
-            times[v].append(time.perf_counter() - t)
+            dt = time.perf_counter() - t
+            times[v].append(dt)
+            if v != ("ours", True):
+                # the heap trims' time budget runs on our memory-efficient model's time alone,
+                # as in a process of its own, not on the other models' steps as well
+                heap.state.not_before += dt
     return {
         f"{impl}/{me}": {"img_per_s": spec["batch"] / statistics.median(ts), "step_s": ts}
         for (impl, me), ts in times.items()
@@ -221,6 +235,9 @@ def memory_worker(spec: dict) -> dict:
     state = sum(t.nbytes for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
     result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["act_mb"] = result["peak_mb"] - base_rss - state / 2**20
+    from densenet_exp.models import heap
+
+    result["heap_trims"] = heap.state.trims
     # live bytes in one more step, after the RSS peak is read: the sampler's polling thread holds
     # glibc's arena lock at times, which sends the step's allocations to a second arena
     sampler = _live_bytes_sampler()
@@ -260,6 +277,11 @@ def main() -> None:
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--memory-efficient", choices=["both", "on", "off"], default="both")
     p.add_argument("--compile", action="store_true")
+    p.add_argument(
+        "--no-heap-trim",
+        action="store_true",
+        help="CPU: never trim the heap in memory-efficient mode (models/heap.py), for an A/B",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument(
         "--steps", type=int, help="timed rounds, one step per model each (default 12; 2 emulated)"
@@ -310,6 +332,7 @@ def main() -> None:
                 amp=level,
                 channels_last=args.channels_last,
                 compile=args.compile,
+                heap_trim=not args.no_heap_trim,
                 device=device,
                 warmup=args.warmup or (1 if emulated else 3),
             )
@@ -417,6 +440,7 @@ def scaling(args: argparse.Namespace, device: str) -> None:
                 amp=args.amp[0],
                 channels_last=args.channels_last,
                 compile=False,
+                heap_trim=not args.no_heap_trim,
                 device=device,
                 steps=args.steps or 4,
                 warmup=args.warmup or 2,

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from torch import Tensor, nn
 
+from . import heap
 from .fused import (
     bn_act_conv,
     bn_act_pool,
@@ -97,6 +98,8 @@ class _DenseLayer(nn.Module):
                 out = bn_act_conv([h], self.norm2, self.act2, self.conv2)
             else:
                 out = self.conv2(self.act2(self.norm2(h)))
+            if lean:
+                heap.release_if_slack(out.device)
             return self._dropout(out)
         if isinstance(inputs, DenseFeatures):
             features = inputs.raw

@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
+from . import heap
+
 _HALF = (torch.float16, torch.bfloat16)
 
 
@@ -216,6 +218,7 @@ class _BNActConv(torch.autograd.Function):
             grads = _relu_backward(ctx, grad_out, inputs, bn_w, bn_b, conv_w)
         else:
             grads = _autograd_backward(ctx, grad_out, inputs, bn_w, bn_b, conv_w)
+        heap.release_if_slack(grad_out.device)
         return (None,) * 6 + grads
 
 
@@ -463,6 +466,7 @@ class _InputConv(torch.autograd.Function):
         for sl in _batch_slices([grad_out]):
             _, g = _conv_backward(ctx.conv, _rows(grad_out, sl), _rows(x, sl), w, input_grad=False)
             grad_w = _accumulate(grad_w, g)
+        heap.release_if_slack(grad_out.device)
         return None, None, grad_w.to(w.dtype)
 
 
