@@ -89,43 +89,43 @@ class _DenseLayer(nn.Module):
 
     def forward(self, inputs: Tensor | Sequence[Tensor] | DenseFeatures) -> Tensor:
         lean = self.memory_efficient and self.training and torch.is_grad_enabled()
+        out = self._dropout(self._features(inputs, lean))
+        if lean:
+            heap.release_if_slack(out.device)  # see heap: glibc keeps the holes of transients
+        return out
+
+    def _features(self, inputs: Tensor | Sequence[Tensor] | DenseFeatures, lean: bool) -> Tensor:
         if isinstance(inputs, DenseFeatures) and inputs.normalized is not None:
             # the block normalised each feature map once and keeps norm1's running stats
             h = read_bn_act_conv(
                 inputs.normalized, self.norm1, self.act1, self.conv1, inputs.unit, lean
             )
             if lean and fusable(self.norm2, self.conv2):
-                out = bn_act_conv([h], self.norm2, self.act2, self.conv2)
-            else:
-                out = self.conv2(self.act2(self.norm2(h)))
-            if lean:
-                heap.release_if_slack(out.device)
-            return self._dropout(out)
+                return bn_act_conv([h], self.norm2, self.act2, self.conv2)
+            return self.conv2(self.act2(self.norm2(h)))
         if isinstance(inputs, DenseFeatures):
             features = inputs.raw
         else:
             features = [inputs] if isinstance(inputs, Tensor) else list(inputs)
         if not lean:
-            out = self.conv2(self.bottleneck(*features))
-        elif fusable(self.norm1, self.conv1):
+            return self.conv2(self.bottleneck(*features))
+        if fusable(self.norm1, self.conv1):
             # keep only the inputs of each BN-act-conv; backward recomputes BN and act, not convs
             h = bn_act_conv(features, self.norm1, self.act1, self.conv1)
             if fusable(self.norm2, self.conv2):
-                out = bn_act_conv([h], self.norm2, self.act2, self.conv2)
-            else:  # dsconv: depthwise -> BN -> pointwise stays a module
-                out = self.conv2(self.act2(self.norm2(h)))
-        else:
-            # synchronized BN needs its collectives: recompute the bottleneck through the modules.
-            # No RNG inside, so no RNG state to stash.
-            h = cp.checkpoint(
-                self.bottleneck,
-                *features,
-                use_reentrant=False,
-                preserve_rng_state=False,
-                context_fn=lambda: (contextlib.nullcontext(), _frozen_bn_stats(self)),
-            )
-            out = self.conv2(h)
-        return self._dropout(out)
+                return bn_act_conv([h], self.norm2, self.act2, self.conv2)
+            # dsconv: depthwise -> BN -> pointwise stays a module
+            return self.conv2(self.act2(self.norm2(h)))
+        # synchronized BN needs its collectives: recompute the bottleneck through the modules.
+        # No RNG inside, so no RNG state to stash.
+        h = cp.checkpoint(
+            self.bottleneck,
+            *features,
+            use_reentrant=False,
+            preserve_rng_state=False,
+            context_fn=lambda: (contextlib.nullcontext(), _frozen_bn_stats(self)),
+        )
+        return self.conv2(h)
 
     def _dropout(self, out: Tensor) -> Tensor:
         if self.drop_rate > 0:
