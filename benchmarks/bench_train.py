@@ -59,36 +59,13 @@ def _rss_mb() -> float:
 
 def _live_bytes_sampler():
     """A dispatch mode recording the peak of glibc's in-use bytes after every operator."""
-    import ctypes
-
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [
-            (name, ctypes.c_size_t)
-            for name in [
-                "arena",
-                "ordblks",
-                "smblks",
-                "hblks",
-                "hblkhd",
-                "usmblks",
-                "fsmblks",
-                "uordblks",
-                "fordblks",
-                "keepcost",
-            ]
-        ]
+    from densenet_exp.models import heap
 
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallinfo2.restype = MallInfo2
-    except (OSError, AttributeError):  # not glibc >= 2.33
+    if not heap.available():  # not glibc >= 2.33
         return None
-
-    def in_use() -> int:
-        info = libc.mallinfo2()
-        return info.uordblks + info.hblkhd  # heap chunks in use + mmapped chunks
+    in_use = heap.in_use_bytes
 
     class Sampler(TorchDispatchMode):
         """Samples after every operator, and from a thread polling meanwhile: that one also

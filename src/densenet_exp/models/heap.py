@@ -74,7 +74,8 @@ def _resident_bytes() -> int:
         return int(f.read().split()[1]) * _PAGE
 
 
-def _in_use_bytes() -> int:
+def in_use_bytes() -> int:
+    """Bytes glibc's malloc has handed out and not had back (only where ``available()``)."""
     info = _LIBC.mallinfo2()
     return info.uordblks + info.hblkhd  # heap chunks in use + mmapped chunks (never kept)
 
@@ -122,14 +123,14 @@ def release_if_slack(device: torch.device | str = "cpu") -> bool:
         return False
     before = _resident_bytes()
     # the first call trims whatever setup left, then measures the floor
-    if state.floor is not None and before - _in_use_bytes() - state.floor < SLACK_BYTES:
+    if state.floor is not None and before - in_use_bytes() - state.floor < SLACK_BYTES:
         return False
     if state.fault_cost is None:
         state.fault_cost = _fault_seconds_per_byte()
     _LIBC.malloc_trim(0)
     after = _resident_bytes()
     # the interpreter and libraries also allocate outside malloc's count: measure the floor anew
-    state.floor = after - _in_use_bytes()
+    state.floor = after - in_use_bytes()
     released = max(0, before - after)
     cost = time.perf_counter() - now + released * state.fault_cost
     state.not_before = time.perf_counter() + cost / TIME_BUDGET
