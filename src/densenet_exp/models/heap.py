@@ -21,6 +21,7 @@ pages by themselves, but must be loaded before Python starts, by whoever starts 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import mmap
 import os
 import time
@@ -90,12 +91,13 @@ def _fault_seconds_per_byte() -> float:
         return (time.perf_counter() - t) / size
 
 
+@dataclasses.dataclass
 class _State:
     floor: int | None = None  # resident bytes beyond malloc's in-use ones after the last trim
-    not_before = 0.0  # perf_counter time before which the budget allows no trim
-    fault_cost: float | None = None
-    trims = 0  # how many times this process trimmed (read by tests and benchmarks)
-    released = 0  # bytes those trims took out of the resident set
+    not_before: float = 0.0  # perf_counter time before which the budget allows no trim
+    fault_cost: float | None = None  # seconds per byte refaulted (_fault_seconds_per_byte)
+    trims: int = 0  # how many times this process trimmed (read by tests and benchmarks)
+    released: int = 0  # bytes those trims took out of the resident set
 
 
 state = _State()
