@@ -129,13 +129,14 @@ def release_if_slack(device: torch.device | str = "cpu") -> bool:
         return False
     if state.fault_cost is None:
         state.fault_cost = _fault_seconds_per_byte()
+        now = time.perf_counter()  # the one-off measurement is not the trim's cost
     _LIBC.malloc_trim(0)
     after = _resident_bytes()
     # the interpreter and libraries also allocate outside malloc's count: measure the floor anew
     state.floor = after - in_use_bytes()
     released = max(0, before - after)
-    cost = time.perf_counter() - now + released * state.fault_cost
-    state.not_before = time.perf_counter() + cost / TIME_BUDGET
+    end = time.perf_counter()
+    state.not_before = end + (end - now + released * state.fault_cost) / TIME_BUDGET
     state.trims += 1
     state.released += released
     return True
