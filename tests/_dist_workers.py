@@ -9,6 +9,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.elastic.multiprocessing.errors import record
 
+from densenet_exp.distributed import cleanup
 from densenet_exp.models.densenet import DenseNet
 from densenet_exp.models.sync_batchnorm import SyncBatchNorm
 
@@ -46,7 +47,7 @@ def syncbn_worker(rank: int, world: int, port: int, out: str) -> None:
         },
         f"{out}/rank{rank}.pt",
     )
-    dist.destroy_process_group()
+    cleanup()
 
 
 def tiny_model() -> nn.Module:
@@ -78,7 +79,7 @@ def ddp_syncbn_worker(rank: int, world: int, port: int, out: str) -> None:
     train_steps(ddp, rank, world)
     if rank == 0:
         torch.save(model.state_dict(), f"{out}/ddp.pt")
-    dist.destroy_process_group()
+    cleanup()
 
 
 def eval_worker(rank: int, world: int, port: int, out: str) -> None:
@@ -103,7 +104,7 @@ def eval_worker(rank: int, world: int, port: int, out: str) -> None:
     )
     if rank == 0:
         torch.save(metrics, f"{out}/eval.pt")
-    dist.destroy_process_group()
+    cleanup()
 
 
 @record
@@ -133,4 +134,4 @@ def ddp_memory_efficient_worker(rank: int, world: int, port: int, out: str) -> N
         states[me] = model.state_dict()
     if rank == 0:
         torch.save(states, f"{out}/me.pt")
-    dist.destroy_process_group()
+    cleanup()

@@ -109,7 +109,13 @@ def setup(dist_cfg: dict[str, Any], device_name: str) -> DistContext:
 
 
 def cleanup() -> None:
+    """Leave the process group on success, all ranks together."""
     if dist.is_initialized():
+        # Rank 0 is often still writing its last files when the others get here; a gloo rank
+        # that tears its pairs down while a peer is still connected can abort in C++
+        # ("terminate called without an active exception", seen once in CI). After the
+        # barrier every rank has finished its work and shuts down at the same moment.
+        dist.barrier()
         dist.destroy_process_group()
 
 
