@@ -135,3 +135,18 @@ def ddp_memory_efficient_worker(rank: int, world: int, port: int, out: str) -> N
     if rank == 0:
         torch.save(states, f"{out}/me.pt")
     cleanup()
+
+
+def cleanup_worker(rank: int, world: int, port: int, out: str) -> None:
+    """Rank 0 arrives late at cleanup (as when it writes the last checkpoint); the others must
+    not leave the process group before it arrives."""
+    import time
+
+    init(rank, world, port)
+    if rank == 0:
+        time.sleep(0.5)
+        torch.save(time.time(), f"{out}/arrived.pt")
+        cleanup()
+    else:
+        cleanup()
+        torch.save(time.time(), f"{out}/left{rank}.pt")

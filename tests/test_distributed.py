@@ -52,6 +52,13 @@ def test_two_ranks_with_syncbn_equal_one_process_on_the_double_batch(tmp_path):
         assert diff < 1e-5, (key, diff)
 
 
+def test_cleanup_waits_for_the_last_rank_before_leaving_the_group(tmp_path):
+    spawn(w.cleanup_worker, tmp_path)
+    arrived = torch.load(tmp_path / "arrived.pt", weights_only=True)
+    left = torch.load(tmp_path / "left1.pt", weights_only=True)
+    assert left >= arrived
+
+
 def test_distributed_evaluation_of_an_odd_val_set_equals_single_process(tmp_path):
     spawn(w.eval_worker, tmp_path)
     dist_metrics = torch.load(tmp_path / "eval.pt", weights_only=True)
