@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +34,7 @@ from .fused import (
     update_running_stats,
 )
 from .init import init_weights
-from .layers import act_factory, make_conv
-
-ActFactory = Callable[..., nn.Module]
+from .layers import ActFactory, act_factory, make_conv
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -9,6 +10,9 @@ from torch import nn
 
 CONV_TYPES = ("standard", "dsconv")
 ACTIVATIONS = ("relu", "swish", "prelu", "gelu", "mish")
+
+# ``act(channels, inplace=False)`` -> the configured activation module for that position
+ActFactory = Callable[..., nn.Module]
 
 
 class DSConv(nn.Sequential):
@@ -88,7 +92,7 @@ def make_act(
     raise ValueError(f"unknown activation {name!r}; valid choices: {', '.join(ACTIVATIONS)}")
 
 
-def act_factory(**act_cfg: Any):
+def act_factory(**act_cfg: Any) -> ActFactory:
     """Bind the act config so the network can ask for ``act(channels)`` at each position."""
     act_cfg = {k: v for k, v in act_cfg.items() if k in ("name", "prelu_init", "prelu_per_channel")}
 
