@@ -180,17 +180,28 @@ def test_eval_every_and_log_every_control_when_rows_and_lines_are_written(tmp_pa
     assert "step 4 |" not in log
 
 
-def test_compile_trains_with_the_memory_efficient_layers_and_channels_last(tmp_path):
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["conv=dsconv", "act=prelu", "trainer.channels_last=true"],
+        # bf16 weights with fp32 BN and fp32 master weights in the optimizer, under compile
+        ["amp=O2", "act=swish"],
+    ],
+    ids=["O0-dsconv-prelu-channels_last", "O2-swish"],
+)
+def test_compile_trains_with_the_memory_efficient_layers(tmp_path, options):
     cfg = compose_cfg(
         [
             *TINY,
             "trainer.compile=true",
             "trainer.max_steps=2",
-            "conv=dsconv",
-            "act=prelu",
             "model.memory_efficient=true",
-            "trainer.channels_last=true",
+            *options,
         ]
     )
+    from torch._dynamo.utils import counters
+
+    counters.clear()
     summary = train(cfg, tmp_path / "r")
     assert summary["status"] == "completed" and summary["steps"] == 2
+    assert counters["stats"]["unique_graphs"] >= 1  # the steps ran through compiled graphs
