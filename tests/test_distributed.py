@@ -197,3 +197,27 @@ def test_memory_efficient_layers_train_identically_under_ddp(tmp_path):
     states = torch.load(tmp_path / "me.pt", weights_only=True)
     for key, value in states[False].items():
         torch.testing.assert_close(states[True][key], value, msg=key)
+
+
+def test_a_failed_job_is_reported_by_the_first_line_of_the_rank_s_own_error():
+    from types import SimpleNamespace
+
+    def failure(message, exitcode=1, timestamp=0):
+        return SimpleNamespace(
+            message=message, exitcode=exitcode, timestamp=timestamp, signal_name=lambda: "SIGKILL"
+        )
+
+    recorded = {
+        "message": "InternalTorchDynamoError: checkpoint not implemented\n\nfrom user code:\n"
+        "  File ...\nSet TORCHDYNAMO_VERBOSE=1 for the internal stack trace"
+    }
+    knock_on = "Traceback (most recent call last):\n  ...\nRuntimeError: Connection closed by peer"
+    text = du._describe_failures({0: failure(knock_on), 1: failure(recorded, timestamp=5)})
+    # rank 1's own error leads although rank 0 failed first; each by its telling line
+    assert text == (
+        "rank 1 failed: InternalTorchDynamoError: checkpoint not implemented; "
+        "then rank 0: RuntimeError: Connection closed by peer"
+    )
+    assert du._describe_failures({0: failure("", exitcode=-9)}) == (
+        "rank 0 failed: killed by signal 9 (SIGKILL)"
+    )

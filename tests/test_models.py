@@ -19,6 +19,7 @@ from densenet_exp.models import (
 )
 from densenet_exp.models.densenet import DenseNet
 from densenet_exp.models.layers import DSConv
+from densenet_exp.models.sync_batchnorm import SyncBatchNorm
 
 
 @pytest.mark.parametrize(
@@ -175,6 +176,25 @@ def test_memory_efficient_gives_the_same_outputs_gradients_and_running_stats(opt
     lean.load_state_dict(plain.state_dict())
     x = torch.randn(4, 3, 16, 16)
     out_a, out_b = plain(x), lean(x)
+    torch.testing.assert_close(out_a, out_b)
+    out_a.square().sum().backward()
+    out_b.square().sum().backward()
+    for (name, pa), pb in zip(plain.named_parameters(), lean.parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad, msg=name)
+    for (name, ba), bb in zip(plain.named_buffers(), lean.buffers()):
+        torch.testing.assert_close(ba, bb, msg=name)  # recompute must not update BN stats twice
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_memory_efficient_with_synchronized_bn_recomputes_the_bottleneck(compiled):
+    # SyncBN layers take the checkpointed path (their collectives run again in backward); with no
+    # process group they normalise like BatchNorm, so the plain model is the reference
+    plain = SyncBatchNorm.convert(_tiny())
+    lean = SyncBatchNorm.convert(_tiny(memory_efficient=True))
+    lean.load_state_dict(plain.state_dict())
+    x = torch.randn(4, 3, 16, 16)
+    out_a = plain(x)
+    out_b = (torch.compile(lean) if compiled else lean)(x)
     torch.testing.assert_close(out_a, out_b)
     out_a.square().sum().backward()
     out_b.square().sum().backward()

@@ -231,11 +231,16 @@ _KNOCK_ON = (
 
 def _describe_failures(failures: dict[int, Any]) -> str:
     def first_line(failure: Any) -> str:
-        message = failure.message
-        if isinstance(message, dict):  # the error file's record of the exception
-            message = message.get("message", str(message))
         if failure.exitcode is not None and failure.exitcode < 0:
             return f"killed by signal {-failure.exitcode} ({failure.signal_name()})"
+        message = failure.message
+        if isinstance(message, dict):
+            # the error file's record of the exception, "Type: message": its first line says
+            # what went wrong (later ones can be advice, as torch.compile's "Set
+            # TORCHDYNAMO_VERBOSE=1 ..." is)
+            lines = str(message.get("message", message)).strip().splitlines()
+            return lines[0] if lines else f"exit code {failure.exitcode}"
+        # no error file: the text is the end of a traceback, whose last line is the exception
         lines = str(message).strip().splitlines()
         return lines[-1] if lines else f"exit code {failure.exitcode}"
 

@@ -114,16 +114,24 @@ class _DenseLayer(nn.Module):
                 return bn_act_conv([h], self.norm2, self.act2, self.conv2)
             # dsconv: depthwise -> BN -> pointwise stays a module
             return self.conv2(self.act2(self.norm2(h)))
-        # synchronized BN needs its collectives: recompute the bottleneck through the modules.
-        # No RNG inside, so no RNG state to stash.
-        h = cp.checkpoint(
+        return self.conv2(self._checkpointed_bottleneck(*features))
+
+    # torch.compile (2.14) cannot trace a checkpoint with a context_fn ("checkpoint not
+    # implemented for ... context_fn"), and the context is what keeps the recomputation from
+    # updating the running stats twice: this part runs eagerly, a graph break per dense layer.
+    @torch.compiler.disable
+    def _checkpointed_bottleneck(self, *features: Tensor) -> Tensor:
+        """Synchronized BN needs its collectives: recompute the bottleneck through the modules.
+
+        No RNG inside, so no RNG state to stash.
+        """
+        return cp.checkpoint(
             self.bottleneck,
             *features,
             use_reentrant=False,
             preserve_rng_state=False,
             context_fn=lambda: (contextlib.nullcontext(), _frozen_bn_stats(self)),
         )
-        return self.conv2(h)
 
     def _dropout(self, out: Tensor) -> Tensor:
         if self.drop_rate > 0:
