@@ -139,7 +139,8 @@ def _build(spec: dict, impl: str, me: bool):
     }
     policy = Precision(amp, device)
     policy.prepare(model, opt)
-    train_model = torch.compile(model) if spec["compile"] else model
+    # both models through the trainer's compile (its dynamo setting only matters to ours)
+    train_model = models.compile_model(model) if spec["compile"] else model
     n_cls = model.classifier.out_features
     x = torch.randn(spec["batch"], 3, spec["image_size"], spec["image_size"], device=device)
     x = policy.cast_input(x)

@@ -185,6 +185,27 @@ def test_memory_efficient_gives_the_same_outputs_gradients_and_running_stats(opt
         torch.testing.assert_close(ba, bb, msg=name)  # recompute must not update BN stats twice
 
 
+def test_compiled_memory_efficient_layers_trace_without_graph_breaks():
+    # PReLU and the ImageNet stem: the backward passes that call torch.autograd.grad
+    from torch._dynamo.utils import counters
+
+    from densenet_exp.models import compile_model
+
+    options = {"stem": "imagenet", "act": {"name": "prelu"}}
+    plain, lean = _tiny(**options), _tiny(memory_efficient=True, **options)
+    lean.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    counters.clear()
+    out_a, out_b = plain(x), compile_model(lean)(x)
+    out_a.square().sum().backward()
+    out_b.square().sum().backward()
+    assert counters["stats"]["unique_graphs"] >= 1
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    torch.testing.assert_close(out_a, out_b)
+    for (name, pa), pb in zip(plain.named_parameters(), lean.parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad, msg=name)
+
+
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 def test_memory_efficient_with_synchronized_bn_recomputes_the_bottleneck(compiled):
     # SyncBN layers take the checkpointed path (their collectives run again in backward); with no

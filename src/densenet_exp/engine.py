@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from . import distributed as du
 from .checkpoint import load_resume_state, rng_state, save_checkpoint, set_rng_state
 from .data import DataError, build_datasets, build_loaders, eval_transform_settings
-from .models import build_model, count_parameters, min_input_size
+from .models import build_model, compile_model, count_parameters, min_input_size
 from .models.sync_batchnorm import convert_sync_batchnorm
 from .optim import build_optimizer, build_scheduler
 from .precision import Precision
@@ -287,7 +287,7 @@ def _fit(
         with torch.no_grad():
             for name, values in rank_buffers.items():
                 own[name].copy_(torch.tensor(values, dtype=own[name].dtype))
-    train_model = torch.compile(ddp_model) if tr["compile"] else ddp_model
+    train_model = compile_model(ddp_model) if tr["compile"] else ddp_model
 
     batch_size = int(data_cfg["batch_size"])
     if main:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import torch
 from torch import nn
 
 from .densenet import (
@@ -22,6 +23,7 @@ from .layers import count_parameters
 __all__ = [
     "DenseNet",
     "build_model",
+    "compile_model",
     "count_parameters",
     "densenet121",
     "densenet161",
@@ -92,3 +94,20 @@ def build_model(cfg: Any, num_classes: int | None = None) -> nn.Module:
             f" (new classifier for {n_cls} classes)" if replaced else "",
         )
     return model
+
+
+def compile_model(model: nn.Module) -> nn.Module:
+    """``torch.compile(model)``, set up so the memory-efficient layers compile without breaks.
+
+    Their backward for activations without a hand-written derivative (PReLU, Swish, GELU, Mish)
+    calls ``torch.autograd.grad``. Dynamo traces an autograd.Function's backward along with its
+    forward and by default breaks the graph at that call; a break inside the dense block's loop
+    sends the whole frame to eager, and every dense layer then recompiles for its own number of
+    inputs until the cache limit leaves the rest eager too. ``trace_autograd_ops`` lets dynamo
+    trace the call (torch 2.14: no breaks, same gradients). It is process-wide, and only widens
+    what dynamo traces. Older torch without the flag: compiled with the breaks, as before.
+    """
+    config = torch._dynamo.config
+    if hasattr(config, "trace_autograd_ops"):
+        config.trace_autograd_ops = True
+    return torch.compile(model)
