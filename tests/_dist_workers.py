@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import torch
 import torch.distributed as dist
@@ -140,8 +141,6 @@ def ddp_memory_efficient_worker(rank: int, world: int, port: int, out: str) -> N
 def cleanup_worker(rank: int, world: int, port: int, out: str) -> None:
     """Rank 0 arrives late at cleanup (as when it writes the last checkpoint); the others must
     not leave the process group before it arrives."""
-    import time
-
     init(rank, world, port)
     if rank == 0:
         time.sleep(0.5)

@@ -8,6 +8,7 @@ from torch import nn
 
 from densenet_exp.models import (
     build_model,
+    compile_model,
     count_parameters,
     densenet121,
     densenet161,
@@ -189,8 +190,6 @@ def test_compiled_memory_efficient_layers_trace_without_graph_breaks():
     # PReLU and the ImageNet stem: the backward passes that call torch.autograd.grad
     from torch._dynamo.utils import counters
 
-    from densenet_exp.models import compile_model
-
     options = {"stem": "imagenet", "act": {"name": "prelu"}}
     plain, lean = _tiny(**options), _tiny(memory_efficient=True, **options)
     lean.load_state_dict(plain.state_dict())
@@ -215,7 +214,7 @@ def test_memory_efficient_with_synchronized_bn_recomputes_the_bottleneck(compile
     lean.load_state_dict(plain.state_dict())
     x = torch.randn(4, 3, 16, 16)
     out_a = plain(x)
-    out_b = (torch.compile(lean) if compiled else lean)(x)
+    out_b = (compile_model(lean) if compiled else lean)(x)
     torch.testing.assert_close(out_a, out_b)
     out_a.square().sum().backward()
     out_b.square().sum().backward()

@@ -234,15 +234,16 @@ def _describe_failures(failures: dict[int, Any]) -> str:
         if failure.exitcode is not None and failure.exitcode < 0:
             return f"killed by signal {-failure.exitcode} ({failure.signal_name()})"
         message = failure.message
-        if isinstance(message, dict):
-            # the error file's record of the exception, "Type: message": its first line says
-            # what went wrong (later ones can be advice, as torch.compile's "Set
-            # TORCHDYNAMO_VERBOSE=1 ..." is)
-            lines = str(message.get("message", message)).strip().splitlines()
-            return lines[0] if lines else f"exit code {failure.exitcode}"
-        # no error file: the text is the end of a traceback, whose last line is the exception
+        recorded = isinstance(message, dict)
+        if recorded:  # the error file's record of the exception, "Type: message"
+            message = message.get("message", message)
         lines = str(message).strip().splitlines()
-        return lines[-1] if lines else f"exit code {failure.exitcode}"
+        if not lines:
+            return f"exit code {failure.exitcode}"
+        # a record's first line says what went wrong (later ones can be advice, as
+        # torch.compile's "Set TORCHDYNAMO_VERBOSE=1 ..."); without an error file the text is
+        # the end of a traceback, whose last line is the exception
+        return lines[0] if recorded else lines[-1]
 
     described = [(rank, first_line(f), f) for rank, f in failures.items()]
     described.sort(key=lambda d: (any(k in d[1] for k in _KNOCK_ON), d[2].timestamp, d[0]))
