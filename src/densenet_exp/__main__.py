@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -17,34 +17,48 @@ log = logging.getLogger("densenet_exp")
 
 
 _NOT_IN_NAMES = {"trainer.seed", "trainer.resume", "experiment", "hparams_search"}
-_SWEEP_FUNCTIONS = ("range(", "choice(", "interval(", "glob(", "tag(")
 
 
 def _key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
-def _is_sweep(value: str) -> bool:
-    """A command-line value that makes a sweep: a top-level comma or a sweep function."""
-    depth = 0
-    for ch in value:
-        depth += ch in "[{("
-        depth -= ch in "]})"
-        if ch == "," and depth == 0:
-            return True
-    return value.startswith(_SWEEP_FUNCTIONS)
+def _swept_keys(sweep_dir: str | None, sweeper_params: Any) -> set[str]:
+    """The keys a sweep varies, from what Hydra records for it, the same under every launcher.
+
+    The basic sweeper saves the sweep's own config, with the command line's raw overrides
+    (``conv=standard,dsconv``), as ``<sweep>/multirun.yaml`` before any job starts; a launcher
+    that runs jobs elsewhere (submitit, SLURM) has no ``sys.argv`` to read, but the file is there.
+    Sweepers that do not write it (Optuna) name their axes in ``hydra.sweeper.params``.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    swept = {str(k) for k in (sweeper_params or {})}
+    record = Path(sweep_dir) / "multirun.yaml" if sweep_dir else None
+    if record is not None and record.is_file():
+        import yaml  # plain YAML: the record's strings are read as written, nothing resolved
+
+        hydra_node = (yaml.safe_load(record.read_text()) or {}).get("hydra", {})
+        raw = [str(o) for o in (hydra_node.get("overrides", {}).get("task") or [])]
+        params = hydra_node.get("sweeper", {}).get("params") or {}
+        raw += [f"{k}={v}" for k, v in params.items()]
+        parsed = OverridesParser.create().parse_overrides(raw)
+        swept |= {o.key_or_group for o in parsed if o.is_sweep_override()}
+    return swept
 
 
-def _job_dirname(task_overrides: Any, sweeper_params: Any = None) -> str:
+def _job_dirname(sweep_dir: str | None, task_overrides: Any, sweeper_params: Any = None) -> str:
     """A sweep job's folder name: the overrides that vary across the sweep, else all of them.
 
-    The swept keys come from ``hydra.sweeper.params`` and from the command line; the seed and
-    presets are left out. The job number Hydra puts in front keeps names unique.
+    Presets are left out; a swept seed goes last as ``seed=N``, so a configuration's replicas
+    sort together and stay apart. The job number Hydra puts in front keeps names unique.
     """
-    overrides = [str(o) for o in (task_overrides or []) if _key(str(o)) not in _NOT_IN_NAMES]
-    swept = {str(k) for k in (sweeper_params or {})}
-    swept |= {_key(a) for a in sys.argv[1:] if "=" in a and _is_sweep(a.split("=", 1)[1])}
-    chosen = [o for o in overrides if _key(o) in swept] or overrides
+    overrides = [str(o) for o in (task_overrides or [])]
+    swept = _swept_keys(sweep_dir, sweeper_params)
+    named = [o for o in overrides if _key(o) not in _NOT_IN_NAMES]
+    chosen = [o for o in named if _key(o) in swept] or named
+    if "trainer.seed" in swept:
+        chosen += [f"seed={o.split('=', 1)[1]}" for o in overrides if _key(o) == "trainer.seed"]
     name = ",".join(chosen).replace("/", "_").replace("\\", "_")
     return name[:120] or "defaults"
 
@@ -61,9 +75,12 @@ def _share_cores_with_parallel_jobs() -> None:
     if n_jobs and int(n_jobs) > 1:
         import torch
 
-        threads = max(1, (os.cpu_count() or 1) // int(n_jobs))
+        from .distributed import JOB_CORES_ENV, job_cores
+
+        threads = max(1, job_cores() // int(n_jobs))
         torch.set_num_threads(threads)
         os.environ["OMP_NUM_THREADS"] = str(threads)
+        os.environ[JOB_CORES_ENV] = str(threads)  # loader workers and ranks split this share
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")

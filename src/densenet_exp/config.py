@@ -170,7 +170,7 @@ class DataConfig:
     val_split: float = 0.2
     image_size: int = 32
     batch_size: int = 64  # per rank
-    num_workers: int = 0
+    num_workers: str = "auto"  # loader workers per rank: "auto" (what the rank's cores allow) or N
     pin_memory: bool = True
     persistent_workers: bool = True
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])

@@ -28,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import distributed as du
 from .checkpoint import load_resume_state, rng_state, save_checkpoint, set_rng_state
+from .closing import closing_block
 from .data import DataError, build_datasets, build_loaders, eval_transform_settings
 from .models import build_model, compile_model, count_parameters, min_input_size
 from .models.sync_batchnorm import convert_sync_batchnorm
@@ -232,7 +233,13 @@ def _fit(
     precision = Precision(cfg["amp"], device)
     precision.prepare(model, optimizer)
     train_loader, val_loader, sampler = build_loaders(
-        bundle, data_cfg, ctx.rank, ctx.world_size, int(tr["seed"]), device
+        bundle,
+        data_cfg,
+        ctx.rank,
+        ctx.world_size,
+        int(tr["seed"]),
+        device,
+        cores=du.cores_per_rank(ctx.local_world_size),
     )
     accum = max(1, int(tr["grad_accum"]))
     steps_per_epoch = len(train_loader) // accum
@@ -255,6 +262,7 @@ def _fit(
 
     # resume
     start_epoch, start_batch, global_step, best_top1 = 0, 0, 0, -1.0
+    best_epoch: int | None = None
     epoch_partial = (0.0, 0)  # this rank's (loss sum, steps) of a resumed, half-done epoch
     rank_buffers: dict[str, list] = {}  # this rank's own BN stats of a half-done epoch
     resume_path, state = load_resume_state(tr["resume"], run_dir, map_location=device)
@@ -267,6 +275,7 @@ def _fit(
             ema.load_state_dict(state["ema"])
         start_epoch, start_batch = int(state["epoch"]), int(state["batch_in_epoch"])
         global_step, best_top1 = int(state["global_step"]), float(state["best_top1"])
+        best_epoch = state.get("best_epoch")
         rank_state = state.get("ranks", {}).get(ctx.rank)
         if rank_state is not None:
             set_rng_state(rank_state["rng"])
@@ -296,7 +305,7 @@ def _fit(
             "%d train / %d val images, %d classes | %d steps/epoch on %s",
             cfg["model"]["name"],
             f"{n_params:,}",
-            precision,
+            precision.describe(),
             ctx.world_size,
             batch_size,
             accum,
@@ -338,6 +347,7 @@ def _fit(
                 "batch_in_epoch": batch_in_epoch,
                 "global_step": global_step,
                 "best_top1": best_top1,
+                "best_epoch": best_epoch,
                 "ranks": ranks,
                 **common_state,
             },
@@ -449,7 +459,8 @@ def _fit(
             last_eval = evaluate(eval_model, val_loader, precision, device, channels_last)
             final_top1 = last_eval["val_top1"]
             is_best = final_top1 > best_top1
-            best_top1 = max(best_top1, final_top1)
+            if is_best:
+                best_top1, best_epoch = final_top1, epoch
             train_loss = du.all_reduce_sum(loss_sum.clone()).item() / max(
                 1, loss_count * ctx.world_size
             )
@@ -490,6 +501,7 @@ def _fit(
 
     summary = {
         "best_val_top1": best_top1 if best_top1 >= 0 else None,
+        "best_epoch": best_epoch,
         "final_val_top1": final_top1,
         "final_val_loss": last_eval.get("val_loss"),
         "epochs": epoch + 1,
@@ -632,29 +644,31 @@ def run_rank(cfg: dict[str, Any], run_dir: str) -> dict[str, Any]:
         summary = fit(cfg, run_path, ctx)
     except (KeyboardInterrupt, TrainingInterrupted) as e:
         log.warning("interrupted: %s", e or "KeyboardInterrupt")
-        _write_summary(
-            run_path,
-            ctx,
-            {"status": "interrupted", "error": str(e), "wall_s": time.perf_counter() - t0},
-        )
+        ended = {"status": "interrupted", "error": str(e), "wall_s": time.perf_counter() - t0}
+        _write_summary(run_path, ctx, ended)
+        _closing_block(run_path, ctx, ended)
         raise
     except BaseException as e:
         log.error("training failed on rank %d: %s: %s", ctx.rank, type(e).__name__, e)
-        _write_summary(
-            run_path,
-            ctx,
-            {
-                "status": "failed",
-                "error": f"{type(e).__name__}: {e}",
-                "wall_s": time.perf_counter() - t0,
-            },
-        )
+        ended = {
+            "status": "failed",
+            "error": f"{type(e).__name__}: {e}",
+            "wall_s": time.perf_counter() - t0,
+        }
+        _write_summary(run_path, ctx, ended)
+        _closing_block(run_path, ctx, ended)
         # No destroy_process_group here: it would make the other ranks fail with "connection
         # closed" before this rank's own error is recorded, and the job would report that instead.
         raise
     du.cleanup()
     _write_summary(run_path, ctx, summary)
+    _closing_block(run_path, ctx, summary)
     return summary
+
+
+def _closing_block(run_dir: Path, ctx: du.DistContext, summary: dict[str, Any]) -> None:
+    if ctx.is_main:
+        log.info("%s", closing_block(run_dir, summary))
 
 
 def _write_summary(run_dir: Path, ctx: du.DistContext, summary: dict[str, Any]) -> None:

@@ -102,6 +102,33 @@ def resolve_spec(amp_cfg: Any, device: torch.device) -> PrecisionSpec:
     )
 
 
+def describe(s: PrecisionSpec) -> str:
+    """The level in words, e.g. "O1: bf16 autocast, fp32 weights, no loss scaling"."""
+    low = _short(s.dtype)
+    if s.opt_level == "O0":
+        parts = ["fp32 throughout"]
+    elif s.autocast:
+        parts = [f"{low} autocast", "fp32 weights"]
+    else:
+        parts = [f"{low} weights and compute"]
+        parts.append("fp32 BatchNorm" if s.keep_batchnorm_fp32 else f"{low} BatchNorm")
+        if s.master_weights:
+            parts.append("fp32 master weights")
+    if s.loss_scale is None:
+        parts.append("no loss scaling")
+    elif s.loss_scale == "dynamic":
+        parts.append("dynamic loss scaling")
+    else:
+        parts.append(f"loss scale {s.loss_scale:g}")
+    return f"{s.opt_level}: {', '.join(parts)}"
+
+
+def _short(dtype: torch.dtype) -> str:
+    return {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}.get(
+        dtype, str(dtype).removeprefix("torch.")
+    )
+
+
 def _parse_loss_scale(value: Any, level: str, dtype: torch.dtype) -> str | float | None:
     if value is None:
         needs_scaling = level in ("O1", "O2") and dtype == torch.float16
@@ -170,6 +197,10 @@ class Precision:
             f"keep_batchnorm_fp32={s.keep_batchnorm_fp32}, master_weights={s.master_weights}, "
             f"loss_scale={s.loss_scale})"
         )
+
+    def describe(self) -> str:
+        """The level in words, e.g. "O1: bf16 autocast, fp32 weights, no loss scaling"."""
+        return describe(self.spec)
 
     # -- set-up ---------------------------------------------------------------------------------
     def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> None:

@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import CheckpointError, load_checkpoint
-from .data.imagefolder import DECODE_ERRORS
+from .data.imagefolder import DECODE_ERRORS, log_ignored, visible_files
 from .data.transforms import build_transform, load_image
 from .distributed import resolve_device
 from .models import build_model
@@ -70,14 +70,17 @@ def load_model(checkpoint: str | Path, device: torch.device) -> tuple[nn.Module,
 
 
 def gather_inputs(path: str | Path) -> list[Path]:
-    """An image, a folder (recursed, sorted, hidden files skipped), or a text file of paths."""
+    """An image, a folder (recursed, sorted), or a text file of paths.
+
+    A folder is read by the training scan's rules: hidden names and tool artefacts
+    (``.ipynb_checkpoints``, ``__MACOSX``, ``._x.jpg``, ...) are left out and named once.
+    """
     path = Path(path).expanduser()
     if path.is_dir():
-        return sorted(
-            p
-            for p in path.rglob("*")
-            if p.is_file() and not any(s.startswith(".") for s in p.parts)
-        )
+        ignored: list[str] = []
+        files = visible_files(path, ignored)
+        log_ignored(ignored, path)
+        return files
     if not path.is_file():
         raise FileNotFoundError(f"input: no such file or folder: {path}")
     if path.suffix.lower() in (".txt", ".lst", ".list"):

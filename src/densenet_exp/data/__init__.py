@@ -25,6 +25,7 @@ __all__ = [
     "build_loaders",
     "eval_transform_settings",
     "load_image",
+    "resolve_num_workers",
 ]
 
 DATA_NAMES = ("digits", "imagefolder", "synthetic")
@@ -126,14 +127,45 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
+MAX_AUTO_WORKERS = 8  # past this, decoding rarely holds a rank back and each worker costs RAM
+
+
+def resolve_num_workers(value: int | str, cores: int) -> int:
+    """``data.num_workers``: a number is kept as given; ``auto`` is what the rank's cores allow.
+
+    ``auto`` leaves one of the rank's cores to the training process itself, so a rank with one
+    core loads in-process (0 workers), and never starts more workers than cores (torch warns
+    past that, and on a small machine the workers then slow training down).
+    """
+    text = str(value).strip().lower()
+    if text == "auto":
+        return max(0, min(MAX_AUTO_WORKERS, cores - 1))
+    try:
+        workers = int(text)
+    except ValueError:
+        raise ValueError(
+            f"data.num_workers must be 'auto' or a number >= 0, got {value!r}"
+        ) from None
+    if workers < 0:
+        raise ValueError(f"data.num_workers must be 'auto' or a number >= 0, got {workers}")
+    return workers
+
+
 def _worker_init(worker_id: int) -> None:
     # one thread per worker: the main process's intra-op threads are the compute budget
     torch.set_num_threads(1)
 
 
 def build_loaders(
-    bundle: DataBundle, data_cfg: Any, rank: int, world: int, seed: int, device: torch.device
+    bundle: DataBundle,
+    data_cfg: Any,
+    rank: int,
+    world: int,
+    seed: int,
+    device: torch.device,
+    cores: int = 1,
 ) -> tuple[DataLoader, DataLoader, ResumableSampler]:
+    """This rank's train and val loaders; ``cores``: the rank's share, for ``num_workers=auto``."""
     batch = int(data_cfg["batch_size"])
     if batch < 1:
         raise ValueError(f"data.batch_size must be >= 1, got {batch}")
@@ -143,7 +175,7 @@ def build_loaders(
             f"data.batch_size={batch} is larger than the training set per rank "
             f"({len(bundle.train)} images / {world} rank(s) = {per_rank}); lower data.batch_size"
         )
-    workers = int(data_cfg["num_workers"])
+    workers = resolve_num_workers(data_cfg["num_workers"], cores)
     pin = bool(data_cfg["pin_memory"]) and device.type == "cuda"
     sampler = ResumableSampler(
         bundle.train, num_replicas=world, rank=rank, shuffle=bool(data_cfg["shuffle"]), seed=seed

@@ -1,13 +1,14 @@
 """A folder-of-images data set that survives real folders: odd modes, stray and corrupt files.
 
 Layout: ``ROOT/train/<class>/*`` and ``ROOT/val/<class>/*``, or ``ROOT/<class>/*`` split into train
-and val by a fixed-seed stratified split. Scanning reuses torchvision's ``find_classes`` and
-``make_dataset``; what is added here is the checking and the error messages.
+and val by a fixed-seed stratified split. Sub-folders of a class count as that class. Hidden names
+and the folders that tools leave in photo collections are ignored at every level (``is_ignored``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
 from collections import defaultdict
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, default_collate
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from .transforms import load_image
 
@@ -32,22 +33,108 @@ DECODE_ERRORS = (
     Image.DecompressionBombError,
 )
 
+# Folders and files that file managers, notebooks, archivers and NAS boxes leave among photos.
+# Names starting with "." (.ipynb_checkpoints, .thumbnails, .Trash-1000, macOS's ._name.jpg
+# AppleDouble files, .DS_Store) are hidden and ignored by that rule alone; these are the rest.
+TOOL_ARTEFACTS = frozenset(
+    {
+        "__MACOSX",  # zip made on a Mac: AppleDouble copies of every file
+        "@eaDir",  # Synology NAS thumbnails
+        "#recycle",  # Synology recycle bin
+        "@Recycle",  # QNAP recycle bin
+        "$RECYCLE.BIN",  # Windows recycle bin on a removable drive
+        "System Volume Information",  # Windows drive metadata
+        "lost+found",  # ext file systems
+        "Thumbs.db",  # Windows thumbnail cache
+        "desktop.ini",
+        "__pycache__",
+    }
+)
+
+
+def is_ignored(name: str) -> bool:
+    """Whether a file or folder name is a hidden name or a known tool artefact."""
+    return name.startswith(".") or name in TOOL_ARTEFACTS
+
+
+def is_image_file(name: str) -> bool:
+    return name.lower().endswith(IMG_EXTENSIONS)
+
+
+def visible_files(directory: Path, ignored: list[str] | None = None) -> list[Path]:
+    """Every file under ``directory`` (recursively, links followed, sorted), ignored names left out.
+
+    torchvision's ``find_classes``/``make_dataset`` take every folder at every depth and offer no
+    hook to skip one, so the walk is written here: ignored folders are pruned, never entered.
+    ``ignored`` collects what was left out, as paths relative to ``directory``.
+    """
+    found = []
+    for top, dirs, files in os.walk(directory, followlinks=True):
+        here = Path(top)
+        for name in sorted(dirs):
+            if is_ignored(name) and ignored is not None:
+                ignored.append(str((here / name).relative_to(directory)) + "/")
+        dirs[:] = sorted(d for d in dirs if not is_ignored(d))
+        for name in sorted(files):
+            if is_ignored(name):
+                if ignored is not None:
+                    ignored.append(str((here / name).relative_to(directory)))
+            else:
+                found.append(here / name)
+    return sorted(found)
+
+
+def log_ignored(ignored: list[str], where: Path) -> None:
+    """One INFO line naming what the scan left out (the first few, and how many in all)."""
+    if ignored:
+        more = f" and {len(ignored) - 8} more" if len(ignored) > 8 else ""
+        log.info(
+            "ignored %d hidden or tool file(s)/folder(s) in %s: %s%s",
+            len(ignored),
+            where,
+            ", ".join(ignored[:8]),
+            more,
+        )
+
 
 class DataError(ValueError):
     """A problem with the user's data, reported before training starts."""
 
 
-def scan_classes(directory: Path, class_to_idx: dict[str, int] | None = None) -> list[Sample]:
-    """All image files (by extension) under ``directory/<class>/``; non-image files are ignored."""
-    if class_to_idx is None:
-        _, class_to_idx = find_classes(str(directory))
-    samples = make_dataset(
-        str(directory), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True
-    )
-    counts = defaultdict(int)
-    for _, idx in samples:
-        counts[idx] += 1
-    empty = [c for c, i in class_to_idx.items() if counts[i] == 0]
+def find_classes(directory: Path, ignored: list[str] | None = None) -> list[str]:
+    """The class folders of ``directory``: its visible sub-folders, sorted."""
+    try:
+        entries = sorted(os.scandir(directory), key=lambda e: e.name)
+    except FileNotFoundError as e:
+        raise DataError(f"no class folders in {directory}: it does not exist") from e
+    classes = []
+    for entry in entries:
+        if not entry.is_dir():
+            continue
+        if is_ignored(entry.name):
+            if ignored is not None:
+                ignored.append(entry.name + "/")
+        else:
+            classes.append(entry.name)
+    if not classes:
+        raise DataError(f"no class folders in {directory}: expected {directory}/<class>/<image>")
+    return classes
+
+
+def scan_classes(
+    directory: Path, classes: list[str], ignored: list[str] | None = None
+) -> list[Sample]:
+    """All image files (by extension) under ``directory/<class>/``; other files are ignored."""
+    samples: list[Sample] = []
+    empty = []
+    for idx, cls in enumerate(classes):
+        seen: list[str] = []
+        files = [str(p) for p in visible_files(directory / cls, seen) if is_image_file(p.name)]
+        if ignored is not None:
+            ignored += [f"{cls}/{name}" for name in seen]
+        if not files:
+            empty.append(cls)
+        samples += [(path, idx) for path in files]
     if empty:
         raise DataError(
             f"class folder(s) with no images in {directory}: {', '.join(sorted(empty))} "
@@ -119,13 +206,15 @@ def build_imagefolder_splits(
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"data.root {root} does not exist or is not a folder")
+    ignored: list[str] = []
     train_root = root / train_dir
     if train_root.is_dir():
-        classes, class_to_idx = _classes(train_root)
-        train = scan_classes(train_root, class_to_idx)
+        classes = find_classes(train_root, ignored)
+        train = scan_classes(train_root, classes, ignored)
         val_root = root / val_dir
         if val_root.is_dir():
-            val_classes, _ = _classes(val_root)
+            val_ignored: list[str] = []
+            val_classes = find_classes(val_root, val_ignored)
             if val_classes != classes:
                 only_train = sorted(set(classes) - set(val_classes))
                 only_val = sorted(set(val_classes) - set(classes))
@@ -133,12 +222,16 @@ def build_imagefolder_splits(
                     f"train and val class folders differ under {root}: only in "
                     f"{train_dir}: {only_train}, only in {val_dir}: {only_val}"
                 )
-            val = scan_classes(val_root, class_to_idx)
+            val = scan_classes(val_root, classes, val_ignored)
+            ignored = [f"{train_dir}/{n}" for n in ignored]
+            ignored += [f"{val_dir}/{n}" for n in val_ignored]
         else:
             train, val = stratified_split(train, val_split, split_seed)
+            ignored = [f"{train_dir}/{n}" for n in ignored]
     else:
-        classes, class_to_idx = _classes(root)
-        train, val = stratified_split(scan_classes(root, class_to_idx), val_split, split_seed)
+        classes = find_classes(root, ignored)
+        train, val = stratified_split(scan_classes(root, classes, ignored), val_split, split_seed)
+    log_ignored(ignored, root)
     if len(classes) < 2:
         raise DataError(
             f"found a single class ({classes[0]}) under {root}: need at least 2 to classify"
@@ -146,15 +239,6 @@ def build_imagefolder_splits(
     train = check_images(train, on_bad_image, f"{root} (train)")
     val = check_images(val, on_bad_image, f"{root} (val)")
     return train, val, classes
-
-
-def _classes(directory: Path) -> tuple[list[str], dict[str, int]]:
-    try:
-        return find_classes(str(directory))
-    except FileNotFoundError as e:
-        raise DataError(
-            f"no class folders in {directory}: expected {directory}/<class>/<image>"
-        ) from e
 
 
 class ImageFolderDataset(Dataset):
