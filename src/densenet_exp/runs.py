@@ -267,6 +267,16 @@ def rerun(run_dir: str | Path, overrides: list[str], out_dir: str | Path | None 
     parent = load_run(run_dir)
     if not (parent.path / ".hydra" / "overrides.yaml").is_file():
         raise FileNotFoundError(f"{parent.path} has no .hydra/overrides.yaml: not a run directory")
+    # hydra.run.dir among the overrides means what it means on any command line: the run's folder
+    asked = [o.split("=", 1)[1] for o in overrides if _override_key(o) == "hydra.run.dir"]
+    overrides = [o for o in overrides if _override_key(o) != "hydra.run.dir"]
+    if len(set(asked)) > 1:
+        raise ValueError(f"hydra.run.dir given twice with different folders: {', '.join(asked)}")
+    if asked and out_dir is not None and Path(asked[0]).resolve() != Path(out_dir).resolve():
+        raise ValueError(
+            f"--out {out_dir} and hydra.run.dir={asked[0]} name different folders: give one"
+        )
+    out_dir = out_dir if out_dir is not None else (asked[0] if asked else None)
     merged = merge_overrides(parent.overrides, overrides)
     stamp = datetime.datetime.now().strftime("%Y-%m-%d/%H-%M-%S-%f")
     new_dir = Path(out_dir) if out_dir else Path("outputs") / f"{stamp}_rerun"
@@ -317,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(d, indent=2, default=str) if args.json else format_diff(a, b, d))
         else:
             print(f"rerun written to {rerun(args.run, args.overrides, args.out)}")
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
