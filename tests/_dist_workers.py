@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -84,14 +85,18 @@ def ddp_syncbn_worker(rank: int, world: int, port: int, out: str) -> None:
 
 
 def eval_worker(rank: int, world: int, port: int, out: str) -> None:
-    from densenet_exp.data import ShardSampler
+    from densenet_exp import val_predictions
+    from densenet_exp.data import Indexed, ShardSampler
     from densenet_exp.data.synthetic import SyntheticDataset
     from densenet_exp.engine import evaluate
     from densenet_exp.precision import Precision
 
     init(rank, world, port)
     ds = SyntheticDataset(13, 3, 8, seed=2)
-    loader = torch.utils.data.DataLoader(ds, batch_size=4, sampler=ShardSampler(13, rank, world))
+    loader = torch.utils.data.DataLoader(
+        Indexed(ds), batch_size=4, sampler=ShardSampler(13, rank, world)
+    )
+    sink = val_predictions.PredictionSink()
     amp = {
         "opt_level": "O0",
         "dtype": "auto",
@@ -101,10 +106,13 @@ def eval_worker(rank: int, world: int, port: int, out: str) -> None:
         "backend": "native",
     }
     metrics = evaluate(
-        tiny_model(), loader, Precision(amp, torch.device("cpu")), torch.device("cpu")
+        tiny_model(), loader, Precision(amp, torch.device("cpu")), torch.device("cpu"), False, sink
     )
+    rows = sink.gather()  # rank 0 gets every rank's rows
     if rank == 0:
         torch.save(metrics, f"{out}/eval.pt")
+        path = Path(out) / "val_predictions.csv"
+        val_predictions.write(path, rows, val_predictions.image_names(ds), ds.classes)
     cleanup()
 
 

@@ -90,3 +90,11 @@ def test_cli_typo_fails_before_any_work_with_hydras_message(tmp_path):
     assert "Could not find 'act/swich'" in run.stderr
     assert "Available options" in run.stderr and "swish" in run.stderr
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("preset", [o for o in options("experiment") if o.startswith("ablation_")])
+def test_every_ablation_preset_repeats_each_configuration_over_three_seeds(preset):
+    cfg = compose_cfg([f"experiment={preset}"], hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert params["trainer.seed"] == "range(3)"
+    assert len(params) >= 2  # and sweeps something besides the seed

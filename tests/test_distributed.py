@@ -62,15 +62,32 @@ def test_cleanup_waits_for_the_last_rank_before_leaving_the_group(tmp_path):
 def test_distributed_evaluation_of_an_odd_val_set_equals_single_process(tmp_path):
     spawn(w.eval_worker, tmp_path)
     dist_metrics = torch.load(tmp_path / "eval.pt", weights_only=True)
+    from densenet_exp import val_predictions
+    from densenet_exp.data import Indexed
     from densenet_exp.data.synthetic import SyntheticDataset
     from densenet_exp.engine import evaluate
     from densenet_exp.precision import Precision
 
-    loader = torch.utils.data.DataLoader(SyntheticDataset(13, 3, 8, seed=2), batch_size=4)
+    ds = SyntheticDataset(13, 3, 8, seed=2)
+    loader = torch.utils.data.DataLoader(Indexed(ds), batch_size=4)
     amp = OmegaConf.to_container(compose_cfg().amp, enum_to_str=True)
+    sink = val_predictions.PredictionSink()
     single = evaluate(
-        w.tiny_model(), loader, Precision(amp, torch.device("cpu")), torch.device("cpu")
+        w.tiny_model(),
+        loader,
+        Precision(amp, torch.device("cpu")),
+        torch.device("cpu"),
+        False,
+        sink,
     )
+    single_file = tmp_path / "single.csv"
+    val_predictions.write(single_file, sink.gather(), val_predictions.image_names(ds), ds.classes)
+    # per-image predictions: the same file, byte for byte, from 1 rank and from 2
+    two_ranks = (tmp_path / "val_predictions.csv").read_text()
+    assert two_ranks == single_file.read_text()
+    rows = val_predictions.read(single_file)
+    assert [int(r["index"]) for r in rows] == list(range(13))
+    assert sum(int(r["correct"]) for r in rows) / 13 == pytest.approx(single["val_top1"])
     assert dist_metrics["val_top1"] == single["val_top1"]
     assert dist_metrics["val_top5"] == single["val_top5"]
     # per-sample losses are float32 sums in a different batching: equal to rounding

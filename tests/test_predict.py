@@ -10,7 +10,7 @@ import torch
 from conftest import PYTHON, ROOT, compose_cfg
 from PIL import Image
 
-from densenet_exp import train
+from densenet_exp import train, val_predictions
 from densenet_exp.data import build_datasets
 from densenet_exp.predict import load_model, main
 
@@ -74,6 +74,23 @@ def test_evaluate_on_the_val_folder_matches_the_runs_val_top1(trained, capsys):
     out = capsys.readouterr().out
     assert f"evaluated 9 images: top1 {final['val_top1']:.4f}" in out
     assert "confusion matrix" in out
+
+
+def test_evaluate_gives_the_runs_own_per_image_predictions(trained, tmp_path):
+    root, run = trained
+    out = tmp_path / "p.csv"
+    ckpt = run / "checkpoints" / "last.pt"
+    assert main([f"checkpoint={ckpt}", f"input={root / 'val'}", f"output={out}", "topk=3"]) == 0
+    predicted = {r["path"]: r for r in csv.DictReader(out.open())}
+    rows = val_predictions.read(run / val_predictions.FINAL_FILE)  # the last evaluation = last.pt
+    assert len(rows) == len(predicted) == 9
+    for row in rows:
+        p = predicted[str(root / row["image"])]
+        assert p["class_1"] == row["pred"]
+        assert float(p["prob_1"]) == pytest.approx(float(row["p_pred"]), abs=2e-6)
+        assert [p["class_2"], p["class_3"]] == [row["top2"], row["top3"]]
+        assert row["correct"] == str(int(row["pred"] == row["true"]))
+        assert row["image"].startswith("val/" + row["true"] + "/")
 
 
 def test_the_same_image_gets_the_same_probabilities_as_in_training_eval(trained, tmp_path):

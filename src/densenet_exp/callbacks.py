@@ -1,4 +1,4 @@
-"""Hydra callbacks: the sweep summary written when a multirun ends."""
+"""Hydra callbacks: the sweep summary and comparison written when a multirun ends."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ log = logging.getLogger(__name__)
 
 
 class SweepSummary(Callback):
-    """On ``on_multirun_end``: write summary.csv/.md/.png, and fail the sweep if a job failed.
+    """On ``on_multirun_end``: write summary.* and compare.*, and fail the sweep if a job failed.
 
     Jobs catch their own errors in multirun (so one failure does not stop an ablation), which means
     the sweep's exit status has to come from here.
@@ -21,13 +21,16 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Summarize ``hydra.sweep.dir``; exit 1 naming the failed jobs, if any."""
-        from .runs import write_summary
+        from .runs import write_compare, write_summary
 
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
         rows = write_summary(sweep_dir)
         log.info("sweep summary: %s (%d jobs)", sweep_dir / "summary.md", len(rows))
+        comparisons, text = write_compare([sweep_dir], sweep_dir)
+        if comparisons:
+            log.info("comparison with the baseline (%s):\n%s", sweep_dir / "compare.md", text)
         failed = [r["job"] for r in rows if r["status"] not in ("ok",)]
         if failed:
             # SystemExit, not an exception: Hydra turns callback exceptions into warnings

@@ -27,13 +27,16 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import distributed as du
+from . import val_predictions
 from .checkpoint import load_resume_state, rng_state, save_checkpoint, set_rng_state
 from .closing import closing_block
 from .data import DataError, build_datasets, build_loaders, eval_transform_settings
 from .models import build_model, compile_model, count_parameters, min_input_size
+from .models.cost import count_macs
 from .models.sync_batchnorm import convert_sync_batchnorm
 from .optim import build_optimizer, build_scheduler
 from .precision import Precision
+from .val_predictions import PredictionSink
 
 log = logging.getLogger("densenet_exp")
 
@@ -156,20 +159,27 @@ def evaluate(
     precision: Precision,
     device: torch.device,
     channels_last: bool = False,
+    predictions: PredictionSink | None = None,
 ) -> dict[str, float]:
-    """Loss, top-1 and top-5 over the whole val set, summed across ranks: exact under DDP."""
+    """Loss, top-1 and top-5 over the whole val set, summed across ranks: exact under DDP.
+
+    Batches are ``(x, y)`` or ``(x, y, index)``; with the index, ``predictions`` collects each
+    image's result for ``val_predictions.csv``.
+    """
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, count
     for batch in loader:
         if batch is None:
             continue
-        x, y = batch
+        x, y, *index = batch
         x = precision.cast_input(x.to(device, non_blocking=True))
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = y.to(device, non_blocking=True)
         with precision.autocast():
             logits = model(x).float()
+        if predictions is not None and index:
+            predictions.add(index[0], y, logits)
         k = min(5, logits.shape[1])
         top = logits.topk(k, dim=1).indices
         hit = top.eq(y[:, None])
@@ -225,6 +235,8 @@ def _fit(
     model.to(device)
     if tr["channels_last"]:
         model.to(memory_format=torch.channels_last)
+    # the cost of the choice, for the by-configuration summary: one forward of one image
+    macs = count_macs(model, int(data_cfg["image_size"])) if main else None
     if cfg["sync_bn"] and ctx.distributed:
         model = convert_sync_batchnorm(model, device)
     n_params = count_parameters(model)
@@ -301,10 +313,11 @@ def _fit(
     batch_size = int(data_cfg["batch_size"])
     if main:
         log.info(
-            "model %s: %s params | %s | world %d x batch %d (x%d accum) = global batch %d | "
-            "%d train / %d val images, %d classes | %d steps/epoch on %s",
+            "model %s: %s params, %.3g GMACs/image | %s | world %d x batch %d (x%d accum) = "
+            "global batch %d | %d train / %d val images, %d classes | %d steps/epoch on %s",
             cfg["model"]["name"],
             f"{n_params:,}",
+            macs / 1e9,
             precision.describe(),
             ctx.world_size,
             batch_size,
@@ -317,6 +330,7 @@ def _fit(
             device,
         )
     writer = _tensorboard(run_dir) if main else None
+    val_names = val_predictions.image_names(bundle.val)
     metrics_path = run_dir / "metrics.jsonl"
     common_state = {
         "classes": bundle.classes,
@@ -456,11 +470,13 @@ def _fit(
             if not cfg["sync_bn"]:
                 du.average_buffers(model)
             eval_model = ema.module if ema is not None else ddp_model
-            last_eval = evaluate(eval_model, val_loader, precision, device, channels_last)
+            sink = PredictionSink()
+            last_eval = evaluate(eval_model, val_loader, precision, device, channels_last, sink)
             final_top1 = last_eval["val_top1"]
             is_best = final_top1 > best_top1
             if is_best:
                 best_top1, best_epoch = final_top1, epoch
+            _write_predictions(run_dir, sink.gather(), val_names, bundle.classes, is_best)
             train_loss = du.all_reduce_sum(loss_sum.clone()).item() / max(
                 1, loss_count * ctx.world_size
             )
@@ -507,6 +523,7 @@ def _fit(
         "epochs": epoch + 1,
         "steps": global_step,
         "params": n_params,
+        "macs_per_image": macs,
         "img_per_s": imgs_seen * ctx.world_size / max(train_time, 1e-9),
         "peak_mem_mb": peak_memory_mb(device),
         "wall_s": time.perf_counter() - t_start,
@@ -526,6 +543,17 @@ def _fit(
         )
         writer.close()
     return summary
+
+
+def _write_predictions(
+    run_dir: Path, rows: dict[str, Any] | None, names: list[str], classes: list[str], best: bool
+) -> None:
+    """Rank 0 (the only one ``gather`` hands rows to) writes this evaluation's per-image file."""
+    if rows is None:
+        return
+    val_predictions.write(run_dir / val_predictions.FINAL_FILE, rows, names, classes)
+    if best:
+        val_predictions.write(run_dir / val_predictions.BEST_FILE, rows, names, classes)
 
 
 def _no_buffer_sync() -> dict[str, bool]:

@@ -19,6 +19,7 @@ from .transforms import build_transform, load_image
 __all__ = [
     "DataBundle",
     "DataError",
+    "Indexed",
     "ResumableSampler",
     "ShardSampler",
     "build_datasets",
@@ -81,10 +82,27 @@ def build_datasets(data_cfg: Any, seed: int = 0) -> DataBundle:
     train_tf = build_transform(train=True, augment=choice(data_cfg["augment"]), **common)
     eval_tf = build_transform(train=False, **common)
     return DataBundle(
-        ImageFolderDataset(train_s, classes, train_tf, on_bad, seed=seed),
-        ImageFolderDataset(val_s, classes, eval_tf, on_bad),
+        ImageFolderDataset(train_s, classes, train_tf, on_bad, seed=seed, root=root),
+        ImageFolderDataset(val_s, classes, eval_tf, on_bad, root=root),
         classes,
     )
+
+
+class Indexed(Dataset):
+    """A data set whose items carry their index, ``(x, y, i)``, so evaluation can name each image.
+
+    An unreadable item stays None (``collate_skip_bad`` drops it).
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        item = self.dataset[index]
+        return None if item is None else (*item, index)
 
 
 class ResumableSampler(DistributedSampler):
@@ -199,7 +217,7 @@ def build_loaders(
         **loader_args,
     )
     val = DataLoader(
-        bundle.val,
+        Indexed(bundle.val),
         batch_size=batch,
         sampler=ShardSampler(len(bundle.val), rank, world),
         **loader_args,

@@ -254,8 +254,10 @@ class ImageFolderDataset(Dataset):
         transform: Callable,
         on_bad_image: str,
         seed: int | None = None,
+        root: str | Path | None = None,
     ) -> None:
         self.samples = samples
+        self.root = root  # the data root: images are named relative to it
         self.classes = classes
         self.transform = transform
         self.on_bad_image = on_bad_image

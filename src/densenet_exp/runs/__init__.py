@@ -1,0 +1,26 @@
+"""Run-directory tools (``python -m densenet_exp.runs``): summarize, compare, diff, rerun."""
+
+from .cli import main
+from .compare import Comparison, compare, write_compare
+from .diff import diff_runs, format_diff, merge_overrides, rerun
+from .records import Run, find_runs, flatten, load_run
+from .table import Configuration, configurations, summary_rows, write_summary
+
+__all__ = [
+    "Comparison",
+    "Configuration",
+    "Run",
+    "compare",
+    "configurations",
+    "diff_runs",
+    "find_runs",
+    "flatten",
+    "format_diff",
+    "load_run",
+    "main",
+    "merge_overrides",
+    "rerun",
+    "summary_rows",
+    "write_compare",
+    "write_summary",
+]

@@ -1,0 +1,148 @@
+"""The pictures: learning curves as mean +- std bands, accuracy against cost, the comparison."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .table import Configuration
+
+COSTS = {
+    "macs": ("macs_per_image", 1e-9, "GMACs per image (multiply-adds, torch FlopCounterMode / 2)"),
+    "img_per_s": ("img_per_s", 1.0, "training img/s"),
+}
+VERDICT_COLOURS = {"better": "tab:green", "worse": "tab:red"}
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _curve(config: Configuration) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Epochs, mean and std of val top-1 over the configuration's runs at each epoch."""
+    by_epoch: dict[int, list[float]] = {}
+    for run in config.runs:
+        for row in run.history:
+            if "val_top1" in row:
+                by_epoch.setdefault(int(row["epoch"]) + 1, []).append(float(row["val_top1"]))
+    if not by_epoch:
+        return None
+    epochs = np.array(sorted(by_epoch))
+    values = [np.array(by_epoch[e]) for e in epochs]
+    mean = np.array([v.mean() for v in values])
+    std = np.array([v.std(ddof=1) if len(v) > 1 else 0.0 for v in values])
+    return epochs, mean, std
+
+
+def pareto_front(points: list[tuple[float, float]], cost_lower_is_better: bool) -> list[int]:
+    """Indices of the points no other point beats on both accuracy and cost, by cost."""
+    front = []
+    for i, (ci, ai) in enumerate(points):
+        dominated = False
+        for j, (cj, aj) in enumerate(points):
+            if j == i:
+                continue
+            cheaper = cj <= ci if cost_lower_is_better else cj >= ci
+            strictly = cj < ci if cost_lower_is_better else cj > ci
+            if cheaper and aj >= ai and (strictly or aj > ai):
+                dominated = True
+                break
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def summary_plot(configs: list[Configuration], path: Path, cost: str = "macs") -> None:
+    """Left: val top-1 per epoch, mean line and +-std band per configuration. Right: final val
+    top-1 (mean, 95% CI bars) against the chosen cost, the Pareto front joined, the baseline
+    drawn as a star."""
+    if cost not in COSTS:
+        raise ValueError(f"unknown cost {cost!r}; valid choices: {', '.join(COSTS)}")
+    key, scale, xlabel = COSTS[cost]
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5.5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    points, labels = [], []
+    for n, config in enumerate(configs):
+        colour = colours[n % len(colours)]
+        label = config.label + (" (baseline)" if config.baseline else "")
+        curve = _curve(config)
+        if curve is not None:
+            epochs, mean, std = curve
+            left.plot(epochs, mean, color=colour, lw=2.2 if config.baseline else 1.4, label=label)
+            left.fill_between(epochs, mean - std, mean + std, color=colour, alpha=0.15)
+        iv, x = config.spread("final_val_top1"), config.cost(key)
+        if x is None or math.isnan(iv.mean):
+            continue
+        x *= scale
+        err = [[iv.mean - iv.low], [iv.high - iv.mean]]
+        right.errorbar(
+            x,
+            iv.mean,
+            yerr=err,
+            fmt="*" if config.baseline else "o",
+            markersize=14 if config.baseline else 6,
+            color=colour,
+            capsize=3,
+        )
+        right.annotate(
+            f"{label} (n={iv.n})",
+            (x, iv.mean),
+            fontsize=7,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
+        points.append((x, iv.mean))
+        labels.append(label)
+    if len(points) > 1:
+        front = pareto_front(points, cost_lower_is_better=cost == "macs")
+        right.plot(
+            [points[i][0] for i in front],
+            [points[i][1] for i in front],
+            "--",
+            color="grey",
+            lw=1,
+            label="Pareto front",
+        )
+        right.legend(fontsize=7, loc="lower right")
+    left.set(xlabel="epoch", ylabel="val top-1", title="validation top-1: mean ± std over seeds")
+    right.set(xlabel=xlabel, ylabel="final val top-1", title="accuracy (mean, 95% CI) vs cost")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    if any(_curve(c) is not None for c in configs):
+        left.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def compare_plot(comparisons: list[Any], path: Path) -> None:
+    """Each configuration's difference to the baseline, its 95% interval, coloured by verdict."""
+    plt = _pyplot()
+    shown = [c for c in comparisons if not math.isnan(c.delta)]
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.45 * max(1, len(shown))))
+    for y, c in enumerate(shown):
+        colour = VERDICT_COLOURS.get(c.verdict, "tab:grey")
+        if not math.isnan(c.low):
+            ax.plot([c.low, c.high], [y, y], color=colour, lw=2)
+        ax.plot(c.delta, y, "o", color=colour)
+        ax.annotate(c.verdict, (c.delta, y), fontsize=7, xytext=(0, 6), textcoords="offset points")
+    ax.axvline(0.0, color="black", lw=1)
+    ax.set_yticks(range(len(shown)), [c.config.label for c in shown], fontsize=8)
+    base = shown[0].baseline.label if shown else ""
+    ax.set(
+        xlabel=f"final val top-1 minus the baseline's ({base}), 95% CI",
+        title="difference to the baseline (seeds and images resampled)",
+    )
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

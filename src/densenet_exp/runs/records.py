@@ -1,0 +1,175 @@
+"""What a run directory holds, read back: overrides, group choices, config, metrics, predictions.
+
+Everything here reads the files a run writes (``.hydra/``, ``metrics.json``, ``metrics.jsonl``,
+``val_predictions.csv``), so it works on finished, failed and still-running jobs, and on runs from
+different days.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .. import val_predictions
+
+GROUPS = ("model", "conv", "act", "amp", "init", "data", "optim", "sched", "experiment")
+METRICS = (
+    "best_val_top1",
+    "final_val_top1",
+    "final_val_loss",
+    "params",
+    "img_per_s",
+    "peak_mem_mb",
+    "wall_s",
+    "world_size",
+    "epochs",
+    "steps",
+)
+# Keys that say how a run was carried out, not what it trains: runs that differ only in these
+# (and the seed) are replicas of one configuration.
+NOT_CONFIGURATION = (
+    "trainer.seed",
+    "trainer.resume",
+    "trainer.progress",
+    "trainer.log_every_n_steps",
+    "trainer.ckpt_every_n_steps",
+    "trainer.device",
+    "data.num_workers",
+    "data.pin_memory",
+    "data.persistent_workers",
+    "dist.rdzv_endpoint",
+    "dist.rdzv_id",
+    "dist.backend",
+    "dist.timeout_s",
+)
+
+
+@dataclass
+class Run:
+    path: Path
+    overrides: list[str] = field(default_factory=list)
+    choices: dict[str, str] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def seed(self) -> Any:
+        return self.config.get("trainer", {}).get("seed")
+
+    @property
+    def config_overrides(self) -> list[str]:
+        """The run's overrides less the seed's and the presets': what names its configuration."""
+        return [o for o in self.overrides if override_key(o) not in NOT_CONFIGURATION]
+
+    @property
+    def identity(self) -> str:
+        """The configuration as a comparable string: the config less ``NOT_CONFIGURATION``.
+
+        Runs without a saved config (still starting, or made by hand) fall back to their
+        overrides, sorted, so the order they were typed in does not matter.
+        """
+        if self.config:
+            flat = flatten(self.config)
+            kept = {k: v for k, v in flat.items() if k not in NOT_CONFIGURATION}
+            return json.dumps(kept, sort_keys=True, default=str)
+        return json.dumps(sorted(self.config_overrides))
+
+    @cached_property
+    def predictions(self) -> dict[str, bool] | None:
+        """Image -> correct, from the final evaluation's ``val_predictions.csv`` (None without)."""
+        path = self.path / val_predictions.FINAL_FILE
+        if not path.is_file():
+            return None
+        return {r["image"]: r["correct"] == "1" for r in val_predictions.read(path)}
+
+    @property
+    def status(self) -> str:
+        if self.summary.get("status"):
+            return "ok" if self.summary["status"] == "completed" else str(self.summary["status"])
+        return "running" if self.history or (self.path / "train.log").exists() else "not started"
+
+    def metric(self, key: str) -> Any:
+        if key in self.summary:
+            return self.summary[key]
+        if key == "best_val_loss" and self.history:  # not in metrics.json: from the history
+            return min((r["val_loss"] for r in self.history if "val_loss" in r), default=None)
+        if not self.history:
+            return None
+        last = self.history[-1]
+        fallback = {
+            "best_val_top1": max((r.get("val_top1", -1) for r in self.history), default=None),
+            "final_val_top1": last.get("val_top1"),
+            "final_val_loss": last.get("val_loss"),
+            "img_per_s": last.get("img_per_s"),
+            "peak_mem_mb": last.get("peak_mem_mb"),
+            "wall_s": last.get("time_s"),
+            "epochs": last.get("epoch", -1) + 1,
+            "steps": last.get("step"),
+        }
+        return fallback.get(key)
+
+
+def _yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text()) if path.is_file() else None
+
+
+def load_run(path: str | Path) -> Run:
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"no run directory at {path}")
+    hydra_dir = path / ".hydra"
+    run = Run(path)
+    run.overrides = list(_yaml(hydra_dir / "overrides.yaml") or [])
+    hydra_cfg = _yaml(hydra_dir / "hydra.yaml") or {}
+    choices = (hydra_cfg.get("hydra", {}).get("runtime", {}) or {}).get("choices", {}) or {}
+    run.choices = {k: v for k, v in choices.items() if not k.startswith("hydra/")}
+    run.config = _yaml(hydra_dir / "config.yaml") or {}
+    if (path / "metrics.json").is_file():
+        run.summary = json.loads((path / "metrics.json").read_text())
+    if (path / "metrics.jsonl").is_file():
+        for line in (path / "metrics.jsonl").read_text().splitlines():
+            try:
+                run.history.append(json.loads(line))
+            except json.JSONDecodeError:  # a line being written right now
+                break
+    return run
+
+
+def find_runs(root: str | Path) -> list[Run]:
+    """Every run directory under ``root`` (a sweep, or any folder of runs), in path order."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no such folder: {root}")
+    dirs = {p.parent.parent for p in root.glob("**/.hydra/overrides.yaml")}
+    dirs |= {p.parent for p in root.glob("**/metrics.json")}
+    return [load_run(d) for d in sorted(dirs, key=_natural_key)]
+
+
+def _natural_key(p: Path) -> list[Any]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(p))]
+
+
+# -- diff -----------------------------------------------------------------------------------------
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def override_key(override: str) -> str:
+    """``+model.x=1`` -> ``model.x``: the key an override sets."""
+    return override.split("=", 1)[0].lstrip("+~")
