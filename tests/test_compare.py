@@ -258,3 +258,18 @@ def test_a_2x2_seed_sweep_gives_a_table_by_configuration_and_a_comparison(tmp_pa
         assert len(val_predictions.read(sweep / job / val_predictions.FINAL_FILE)) == 13
         assert (sweep / job / val_predictions.BEST_FILE).is_file()
         assert json.loads((sweep / job / "metrics.json").read_text())["macs_per_image"] > 0
+
+
+def test_the_baseline_of_a_swept_value_is_the_value_the_sweep_started_from(tmp_path):
+    # multirun.yaml holds the sweep's config before the swept values: optim.lr was 0.1 there
+    (tmp_path / "multirun.yaml").write_text(
+        yaml.safe_dump({"optim": {"lr": 0.1}, "hydra": {"runtime": {"choices": {"act": "relu"}}}})
+    )
+    for job, lr in enumerate((0.05, 0.1, 0.2)):
+        run = fake_run(tmp_path / f"{job}_lr", "relu", 0, {}, errors_at(range(10)))
+        (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"optim.lr={lr}"]))
+        config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+        (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump({**config, "optim": {"lr": lr}}))
+    configs = configurations(find_runs(tmp_path))
+    assert [c.label for c in configs] == ["optim.lr=0.05", "optim.lr=0.1", "optim.lr=0.2"]
+    assert [c.label for c in configs if c.baseline] == ["optim.lr=0.1"]

@@ -75,7 +75,7 @@ def test_typed_nodes_reject_wrong_types():
     with pytest.raises(ValidationError):
         cfg.trainer.epochs = "many"
     with pytest.raises(ConfigAttributeError):
-        cfg.model.depth = 3
+        cfg.model.width = 3  # no such key (model.depth exists: the CIFAR presets' L)
 
 
 def test_cli_typo_fails_before_any_work_with_hydras_message(tmp_path):

@@ -206,6 +206,8 @@ def test_torchrun_recipe_trains_two_ranks_in_one_directory(tmp_path):
         "metrics.jsonl",
         "tb",
         "train.log",
+        "val_predictions.best.csv",
+        "val_predictions.csv",
     ]
 
 

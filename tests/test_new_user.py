@@ -215,7 +215,8 @@ def test_help_says_what_the_program_does_with_examples():
     assert "python -m densenet_exp data=imagefolder data.root=" in out
     assert "python -m densenet_exp -m conv=standard,dsconv" in out
     assert "outputs/<date>/<time>/" in out
-    assert "model: densenet121" in out  # Hydra's generated list of groups
+    groups = {line.split(": ")[0]: line for line in out.splitlines() if ": " in line}
+    assert "densenet121" in groups["model"] and "dsconv" in groups["conv"]  # Hydra's group list
     assert "growth_rate:" in out  # and the config
 
 

@@ -80,7 +80,8 @@ def test_evaluate_gives_the_runs_own_per_image_predictions(trained, tmp_path):
     root, run = trained
     out = tmp_path / "p.csv"
     ckpt = run / "checkpoints" / "last.pt"
-    assert main([f"checkpoint={ckpt}", f"input={root / 'val'}", f"output={out}", "topk=3"]) == 0
+    args = [f"checkpoint={ckpt}", f"input={root / 'val'}", f"output={out}", "topk=3"]
+    assert main([*args, "evaluate=true"]) == 0
     predicted = {r["path"]: r for r in csv.DictReader(out.open())}
     rows = val_predictions.read(run / val_predictions.FINAL_FILE)  # the last evaluation = last.pt
     assert len(rows) == len(predicted) == 9

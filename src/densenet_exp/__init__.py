@@ -39,6 +39,9 @@ def train(cfg: Any, run_dir: str | Path | None = None) -> dict[str, Any]:
     if run_dir is None:
         raise ValueError("train(cfg) needs run_dir when called outside a Hydra app")
     run_dir = run_dir.resolve()
+    from .models import check_model_config
+
+    check_model_config(cfg["model"])  # here, so a bad key fails once, before ranks start
     _check_writable(run_dir)
     device = du.resolve_device(cfg["trainer"]["device"])
     nproc = du.nproc_per_node(cfg["dist"], device)

@@ -118,10 +118,13 @@ class DistBackend(str, Enum):
 class ModelConfig:
     name: str = "densenet_bc_digits"
     growth_rate: int = 12
-    block_config: list[int] = field(default_factory=lambda: [4, 4, 4])
+    # layers per dense block; null when ``depth`` gives them (the paper's CIFAR presets)
+    block_config: Optional[list[int]] = field(default_factory=lambda: [4, 4, 4])
+    depth: Optional[int] = None  # CIFAR L: 3 blocks of (L-4)/3 layers, or (L-4)/6 with bottleneck
     num_init_features: int = 24
+    bottleneck: bool = True  # "B": BN-act-1x1 conv to bn_size*k before each 3x3 conv
     bn_size: int = 4
-    compression: float = 0.5
+    compression: float = 0.5  # "C" when < 1: the share of feature maps a transition keeps
     drop_rate: float = 0.0
     stem: Stem = Stem.cifar
     memory_efficient: bool = False

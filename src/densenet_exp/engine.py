@@ -31,7 +31,13 @@ from . import val_predictions
 from .checkpoint import load_resume_state, rng_state, save_checkpoint, set_rng_state
 from .closing import closing_block
 from .data import DataError, build_datasets, build_loaders, eval_transform_settings
-from .models import build_model, compile_model, count_parameters, min_input_size
+from .models import (
+    build_model,
+    check_model_config,
+    compile_model,
+    count_parameters,
+    min_input_size,
+)
 from .models.cost import count_macs
 from .models.sync_batchnorm import convert_sync_batchnorm
 from .optim import build_optimizer, build_scheduler
@@ -215,6 +221,7 @@ def _fit(
     seed_everything(int(tr["seed"]) + ctx.rank, bool(tr["deterministic"]))
     ckpt_dir = run_dir / "checkpoints"
 
+    check_model_config(cfg["model"])  # a bad architecture key fails before the data is read
     smallest = min_input_size(cfg["model"])
     if int(data_cfg["image_size"]) < smallest:
         if data_cfg["name"] != "digits":

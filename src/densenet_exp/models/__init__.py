@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .architecture import ArchitectureError, check_options, resolve_block_config
 from .densenet import (
     DenseNet,
     densenet121,
@@ -16,13 +17,16 @@ from .densenet import (
     densenet201,
     densenet264,
     densenet_bc,
+    densenet_cifar,
     load_pretrained,
 )
 from .layers import count_parameters
 
 __all__ = [
+    "ArchitectureError",
     "DenseNet",
     "build_model",
+    "check_model_config",
     "compile_model",
     "count_parameters",
     "densenet121",
@@ -31,6 +35,7 @@ __all__ = [
     "densenet201",
     "densenet264",
     "densenet_bc",
+    "densenet_cifar",
     "load_pretrained",
     "min_input_size",
 ]
@@ -50,10 +55,25 @@ def _plain(node: Any) -> dict[str, Any]:
     return {k: (v.value if hasattr(v, "value") else v) for k, v in dict(node).items()}
 
 
+def check_model_config(model_cfg: Any) -> list[int]:
+    """Every architecture key in range, before any work; returns the layers per block."""
+    m = _plain(model_cfg)
+    blocks = resolve_block_config(m)
+    check_options(
+        prefix="model.",
+        **{
+            k: m[k]
+            for k in ("growth_rate", "num_init_features", "bn_size", "compression", "drop_rate")
+        },
+    )
+    return blocks
+
+
 def min_input_size(model_cfg: Any) -> int:
     """The total downsampling of the network: smaller inputs leave no pixel for the last block."""
     m = _plain(model_cfg)
-    return (4 if m["stem"] == "imagenet" else 1) * 2 ** (len(m["block_config"]) - 1)
+    blocks = resolve_block_config(m)
+    return (4 if m["stem"] == "imagenet" else 1) * 2 ** (len(blocks) - 1)
 
 
 def build_model(cfg: Any, num_classes: int | None = None) -> nn.Module:
@@ -72,9 +92,11 @@ def build_model(cfg: Any, num_classes: int | None = None) -> nn.Module:
     n_cls = configured if configured is not None else num_classes
     if n_cls is None:
         raise ValueError("model.num_classes is null and no class count came from the data")
+    blocks = check_model_config(m)
     model = DenseNet(
         growth_rate=m["growth_rate"],
-        block_config=tuple(m["block_config"]),
+        block_config=tuple(blocks),
+        bottleneck=m.get("bottleneck", True),
         num_init_features=m["num_init_features"],
         bn_size=m["bn_size"],
         compression=m["compression"],

@@ -19,6 +19,7 @@ import torch.utils.checkpoint as cp
 from torch import Tensor, nn
 
 from . import heap
+from .architecture import check_options, cifar_block_config
 from .fused import (
     bn_act_conv,
     bn_act_pool,
@@ -139,6 +140,59 @@ class _DenseLayer(nn.Module):
         return out
 
 
+class _BasicDenseLayer(nn.Module):
+    """The paper's basic composite layer H_l: BN-act-3x3 conv to k new feature maps, no bottleneck.
+
+    DenseNet and DenseNet-C (Huang et al. 2017, Table 2) are built of these. The fast shared
+    statistics do not apply: a block of them runs as written here. ``memory_efficient``
+    recomputes the whole layer in backward and keeps only its k output maps.
+    """
+
+    def __init__(
+        self,
+        num_input_features: int,
+        growth_rate: int,
+        drop_rate: float,
+        memory_efficient: bool,
+        act: ActFactory,
+        conv: dict[str, Any],
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.BatchNorm2d(num_input_features)
+        self.act1 = act(num_input_features, inplace=True)
+        self.conv1 = make_conv(num_input_features, growth_rate, **conv)
+        self.drop_rate = float(drop_rate)
+        self.memory_efficient = memory_efficient
+
+    def composite(self, *inputs: Tensor) -> Tensor:
+        """concat -> BN -> act -> 3x3 conv."""
+        return self.conv1(self.act1(self.norm1(cat_channels(inputs))))
+
+    def forward(self, inputs: Tensor | Sequence[Tensor] | DenseFeatures) -> Tensor:
+        if isinstance(inputs, DenseFeatures):
+            features = inputs.raw
+        else:
+            features = [inputs] if isinstance(inputs, Tensor) else list(inputs)
+        if self.memory_efficient and self.training and torch.is_grad_enabled():
+            out = self._checkpointed(*features)
+            heap.release_if_slack(out.device)
+        else:
+            out = self.composite(*features)
+        if self.drop_rate > 0:
+            out = F.dropout(out, p=self.drop_rate, training=self.training)
+        return out
+
+    @torch.compiler.disable  # a checkpoint with a context_fn: see _DenseLayer
+    def _checkpointed(self, *features: Tensor) -> Tensor:
+        return cp.checkpoint(
+            self.composite,
+            *features,
+            use_reentrant=False,
+            preserve_rng_state=False,
+            context_fn=lambda: (contextlib.nullcontext(), _frozen_bn_stats(self)),
+        )
+
+
 class DenseFeatures:
     """The feature maps of a dense block so far, as its layers and its transition read them.
 
@@ -196,18 +250,18 @@ class _DenseBlock(nn.ModuleDict):
         memory_efficient: bool,
         act: ActFactory,
         conv: dict[str, Any],
+        bottleneck: bool = True,
     ) -> None:
         super().__init__()
         for i in range(num_layers):
-            layer = _DenseLayer(
-                num_input_features + i * growth_rate,
-                growth_rate=growth_rate,
-                bn_size=bn_size,
-                drop_rate=drop_rate,
-                memory_efficient=memory_efficient,
-                act=act,
-                conv=conv,
-            )
+            width = num_input_features + i * growth_rate
+            layer: nn.Module
+            if bottleneck:
+                layer = _DenseLayer(
+                    width, growth_rate, bn_size, drop_rate, memory_efficient, act, conv
+                )
+            else:
+                layer = _BasicDenseLayer(width, growth_rate, drop_rate, memory_efficient, act, conv)
             self.add_module(f"denselayer{i + 1}", layer)
 
         self.num_output_features = num_input_features + num_layers * growth_rate
@@ -219,6 +273,8 @@ class _DenseBlock(nn.ModuleDict):
         """The eps of the layers' first BNs when they can share per-feature statistics."""
         if not (self.training and torch.is_grad_enabled()):
             return None
+        if not all(type(layer) is _DenseLayer for layer in self.values()):
+            return None  # basic layers run as written (no shared statistics)
         norms = [layer.norm1 for layer in self.values()]
         eps = norms[0].eps
         if all(shareable(bn) and bn.training and bn.eps == eps for bn in norms):
@@ -283,6 +339,8 @@ class DenseNet(nn.Module):
         block_config: layers in each dense block.
         num_init_features: feature maps of the stem.
         bn_size: bottleneck width as a multiple of k.
+        bottleneck: dense layers with a 1x1 bottleneck ("B": BN-act-1x1 conv to bn_size*k,
+            then BN-act-3x3 conv), or the basic BN-act-3x3 conv layer (False).
         compression: fraction of feature maps a transition keeps (0.5 in DenseNet-BC).
         drop_rate: dropout after each dense layer.
         num_classes: classifier outputs.
@@ -309,10 +367,17 @@ class DenseNet(nn.Module):
         act: dict[str, Any] | None = None,
         conv: dict[str, Any] | None = None,
         init: dict[str, Any] | None = None,
+        bottleneck: bool = True,
     ) -> None:
         super().__init__()
-        if not 0.0 < compression <= 1.0:
-            raise ValueError(f"compression must be in (0, 1], got {compression}")
+        check_options(
+            growth_rate=growth_rate,
+            block_config=tuple(block_config),
+            num_init_features=num_init_features,
+            bn_size=bn_size,
+            compression=compression,
+            drop_rate=drop_rate,
+        )
         act_cfg = {"name": "relu", **(act or {})}
         conv_cfg = {"type": "standard", **(conv or {})}
         init_cfg = {"name": "kaiming", **(init or {})}
@@ -347,6 +412,7 @@ class DenseNet(nn.Module):
                 memory_efficient=memory_efficient,
                 act=make_act,
                 conv=conv_cfg,
+                bottleneck=bottleneck,
             )
             self.features.add_module(f"denseblock{i + 1}", block)
             num_features += num_layers * growth_rate
@@ -471,8 +537,17 @@ def densenet_bc(
     depth: int = 100, growth_rate: int = 12, num_classes: int = 10, **options: Any
 ) -> DenseNet:
     """CIFAR DenseNet-BC: 3 blocks of (depth - 4) / 6 bottleneck layers, 3x3 stem of 2k maps."""
-    if (depth - 4) % 6:
-        raise ValueError(f"DenseNet-BC depth must be 6n+4 (40, 100, 190, ...), got {depth}")
-    n = (depth - 4) // 6
+    blocks = cifar_block_config(depth, bottleneck=True, prefix="")
     options.setdefault("stem", "cifar")
-    return _densenet(growth_rate, (n, n, n), 2 * growth_rate, num_classes=num_classes, **options)
+    return _densenet(growth_rate, blocks, 2 * growth_rate, num_classes=num_classes, **options)
+
+
+def densenet_cifar(
+    depth: int = 40, growth_rate: int = 12, num_classes: int = 10, **options: Any
+) -> DenseNet:
+    """The paper's CIFAR DenseNet without B or C: (depth - 4) / 3 basic layers per block, a 3x3
+    stem of 16 maps, transitions that keep every map (Huang et al. 2017, Table 2)."""
+    blocks = cifar_block_config(depth, bottleneck=False, prefix="")
+    options.setdefault("stem", "cifar")
+    options.setdefault("compression", 1.0)
+    return _densenet(growth_rate, blocks, 16, num_classes=num_classes, bottleneck=False, **options)

@@ -102,19 +102,25 @@ def summary_plot(configs: list[Configuration], path: Path, cost: str = "macs") -
         )
         points.append((x, iv.mean))
         labels.append(label)
-    if len(points) > 1:
+    if points:
+        # ringed and joined: no other configuration is both cheaper and more accurate
         front = pareto_front(points, cost_lower_is_better=cost == "macs")
         right.plot(
             [points[i][0] for i in front],
             [points[i][1] for i in front],
-            "--",
+            "--o",
             color="grey",
             lw=1,
+            markersize=16,
+            markerfacecolor="none",
             label="Pareto front",
         )
         right.legend(fontsize=7, loc="lower right")
     left.set(xlabel="epoch", ylabel="val top-1", title="validation top-1: mean ± std over seeds")
     right.set(xlabel=xlabel, ylabel="final val top-1", title="accuracy (mean, 95% CI) vs cost")
+    from matplotlib.ticker import MaxNLocator
+
+    left.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in (left, right):
         ax.grid(alpha=0.3)
     if any(_curve(c) is not None for c in configs):

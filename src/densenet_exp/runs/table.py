@@ -66,6 +66,7 @@ class Configuration:
 
     label: str
     runs: list[Run] = field(default_factory=list)
+    own: list[str] = field(default_factory=list)  # the overrides that set it apart
     baseline: bool = False
 
     @property
@@ -103,7 +104,7 @@ def configurations(runs: list[Run]) -> list[Configuration]:
         used[label] = used.get(label, 0) + 1
         if used[label] > 1:  # same overrides, another config (e.g. runs of two sweeps)
             label = f"{label} #{used[label]}"
-        out.append(Configuration(label, members))
+        out.append(Configuration(label, members, own))
     mark_baseline(out, None)
     return out
 
@@ -121,6 +122,37 @@ def default_choices() -> dict[str, str]:
     return choices
 
 
+def is_default(override: str, choices: dict[str, Any], config: dict[str, Any]) -> bool:
+    """Whether ``key=value`` is what the sweep's config had before the sweep changed it.
+
+    ``choices`` and ``config`` come from the sweep's ``multirun.yaml`` (composed without the
+    swept values), or are the primary config's defaults for runs without one.
+    """
+    if "=" not in override:
+        return False
+    key, value = override_key(override), override.split("=", 1)[1]
+    if key in choices:
+        return str(choices[key]) == value
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    try:
+        return yaml.safe_load(value) == node
+    except yaml.YAMLError:
+        return False
+
+
+def _sweep_defaults(run: Run) -> tuple[dict[str, Any], dict[str, Any]]:
+    record = run.path.parent / "multirun.yaml"
+    if record.is_file():
+        cfg = yaml.safe_load(record.read_text()) or {}
+        choices = (cfg.get("hydra", {}).get("runtime", {}) or {}).get("choices", {}) or {}
+        return choices, cfg
+    return default_choices(), {}
+
+
 def mark_baseline(configs: list[Configuration], name: str | None) -> Configuration | None:
     """Mark the baseline: the one named, else the one of the default choices, else the first."""
     for c in configs:
@@ -136,15 +168,12 @@ def mark_baseline(configs: list[Configuration], name: str | None) -> Configurati
             )
         chosen = found[0]
     else:
-        defaults = default_choices()
 
-        def is_default(c: Configuration) -> bool:
-            own = [o for o in c.label.split(",") if o != "defaults"] if c.label else []
-            return all(
-                "=" in o and defaults.get(override_key(o)) == o.split("=", 1)[1] for o in own
-            )
+        def all_default(c: Configuration) -> bool:
+            choices, config = _sweep_defaults(c.runs[0])
+            return all(is_default(o, choices, config) for o in c.own)
 
-        chosen = next((c for c in configs if is_default(c)), configs[0])
+        chosen = next((c for c in configs if all_default(c)), configs[0])
     chosen.baseline = True
     return chosen
 
