@@ -57,6 +57,31 @@ def _frozen_bn_stats(module: nn.Module) -> Iterator[None]:
             m.num_batches_tracked.copy_(tracked)
 
 
+def _feature_list(inputs: Tensor | Sequence[Tensor] | DenseFeatures) -> list[Tensor]:
+    """A dense layer's inputs as the list of feature maps they are."""
+    if isinstance(inputs, DenseFeatures):
+        return inputs.raw
+    return [inputs] if isinstance(inputs, Tensor) else list(inputs)
+
+
+# torch.compile (2.14) cannot trace a checkpoint with a context_fn ("checkpoint not
+# implemented for ... context_fn"), and the context is what keeps the recomputation from
+# updating the running stats twice: this part runs eagerly, a graph break per dense layer.
+@torch.compiler.disable
+def _recomputed(module: nn.Module, fn: Any, *features: Tensor) -> Tensor:
+    """``fn(*features)``, recomputed in backward through the modules, BN stats updated once.
+
+    No RNG inside, so no RNG state to stash.
+    """
+    return cp.checkpoint(
+        fn,
+        *features,
+        use_reentrant=False,
+        preserve_rng_state=False,
+        context_fn=lambda: (contextlib.nullcontext(), _frozen_bn_stats(module)),
+    )
+
+
 class _DenseLayer(nn.Module):
     """BN-act-1x1 conv (bottleneck to bn_size*k) then BN-act-3x3 conv to k new feature maps."""
 
@@ -102,10 +127,7 @@ class _DenseLayer(nn.Module):
             if lean and fusable(self.norm2, self.conv2):
                 return bn_act_conv([h], self.norm2, self.act2, self.conv2)
             return self.conv2(self.act2(self.norm2(h)))
-        if isinstance(inputs, DenseFeatures):
-            features = inputs.raw
-        else:
-            features = [inputs] if isinstance(inputs, Tensor) else list(inputs)
+        features = _feature_list(inputs)
         if not lean:
             return self.conv2(self.bottleneck(*features))
         if fusable(self.norm1, self.conv1):
@@ -115,24 +137,8 @@ class _DenseLayer(nn.Module):
                 return bn_act_conv([h], self.norm2, self.act2, self.conv2)
             # dsconv: depthwise -> BN -> pointwise stays a module
             return self.conv2(self.act2(self.norm2(h)))
-        return self.conv2(self._checkpointed_bottleneck(*features))
-
-    # torch.compile (2.14) cannot trace a checkpoint with a context_fn ("checkpoint not
-    # implemented for ... context_fn"), and the context is what keeps the recomputation from
-    # updating the running stats twice: this part runs eagerly, a graph break per dense layer.
-    @torch.compiler.disable
-    def _checkpointed_bottleneck(self, *features: Tensor) -> Tensor:
-        """Synchronized BN needs its collectives: recompute the bottleneck through the modules.
-
-        No RNG inside, so no RNG state to stash.
-        """
-        return cp.checkpoint(
-            self.bottleneck,
-            *features,
-            use_reentrant=False,
-            preserve_rng_state=False,
-            context_fn=lambda: (contextlib.nullcontext(), _frozen_bn_stats(self)),
-        )
+        # synchronized BN needs its collectives: recompute the bottleneck through the modules
+        return self.conv2(_recomputed(self, self.bottleneck, *features))
 
     def _dropout(self, out: Tensor) -> Tensor:
         if self.drop_rate > 0:
@@ -169,28 +175,15 @@ class _BasicDenseLayer(nn.Module):
         return self.conv1(self.act1(self.norm1(cat_channels(inputs))))
 
     def forward(self, inputs: Tensor | Sequence[Tensor] | DenseFeatures) -> Tensor:
-        if isinstance(inputs, DenseFeatures):
-            features = inputs.raw
-        else:
-            features = [inputs] if isinstance(inputs, Tensor) else list(inputs)
+        features = _feature_list(inputs)
         if self.memory_efficient and self.training and torch.is_grad_enabled():
-            out = self._checkpointed(*features)
+            out = _recomputed(self, self.composite, *features)
             heap.release_if_slack(out.device)
         else:
             out = self.composite(*features)
         if self.drop_rate > 0:
             out = F.dropout(out, p=self.drop_rate, training=self.training)
         return out
-
-    @torch.compiler.disable  # a checkpoint with a context_fn: see _DenseLayer
-    def _checkpointed(self, *features: Tensor) -> Tensor:
-        return cp.checkpoint(
-            self.composite,
-            *features,
-            use_reentrant=False,
-            preserve_rng_state=False,
-            context_fn=lambda: (contextlib.nullcontext(), _frozen_bn_stats(self)),
-        )
 
 
 class DenseFeatures:
