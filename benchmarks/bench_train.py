@@ -117,7 +117,7 @@ def _build(spec: dict, impl: str, me: bool):
     if impl == "torchvision":
         model = getattr(torchvision.models, name)(memory_efficient=me, num_classes=1000)
     elif name == "densenet_bc_digits":  # the default model of `make run`
-        model = models.DenseNet(
+        model = models.FastDenseNet(
             12, (3, 3, 3), 24, num_classes=10, stem="cifar", memory_efficient=me
         )
     elif name.startswith("densenet_bc"):

@@ -12,7 +12,7 @@ from torch import nn
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from densenet_exp.distributed import cleanup
-from densenet_exp.models.densenet import DenseNet
+from densenet_exp.models.fast import DenseNet  # what trains by default
 from densenet_exp.models.sync_batchnorm import SyncBatchNorm
 
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from densenet_exp import train
 from densenet_exp.models import densenet121
-from densenet_exp.models.densenet import DenseNet
+from densenet_exp.models.fast import DenseNet  # what trains by default
 from densenet_exp.models.sync_batchnorm import convert_sync_batchnorm
 from densenet_exp.precision import Precision
 

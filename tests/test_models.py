@@ -15,10 +15,9 @@ from densenet_exp.models import (
     densenet169,
     densenet201,
     densenet_bc,
-    fused,
     load_pretrained,
 )
-from densenet_exp.models.densenet import DenseNet
+from densenet_exp.models.fast import DenseNet, fused  # what trains by default (model.impl=fast)
 from densenet_exp.models.layers import DSConv
 from densenet_exp.models.sync_batchnorm import SyncBatchNorm
 
@@ -229,7 +228,7 @@ def test_memory_efficient_with_synchronized_bn_recomputes_the_bottleneck(compile
 @pytest.mark.parametrize("pool", [nn.AvgPool2d(2, 2), nn.MaxPool2d(2, 2)])  # commutes or not
 def test_transition_equals_bn_act_conv_then_pool(pool, act, memory_efficient, sliced):
     """Transitions pool before their 1x1 conv only where that is the same function."""
-    from densenet_exp.models.densenet import _Transition
+    from densenet_exp.models.fast.densenet import _Transition
     from densenet_exp.models.layers import act_factory
 
     torch.manual_seed(0)

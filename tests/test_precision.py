@@ -3,7 +3,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from densenet_exp.models.densenet import DenseNet
+from densenet_exp.models.fast import DenseNet  # what trains by default
 from densenet_exp.optim import build_optimizer
 from densenet_exp.precision import APEX_REMOVED, Precision, PrecisionError
 

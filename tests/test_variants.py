@@ -45,7 +45,7 @@ def test_the_cifar_depth_rule_gives_the_layers_per_block():
     b = build_model(compose_cfg(["model=densenet40", "model.bottleneck=true"]), num_classes=10)
     blocks = [m for n, m in b.features.named_children() if n.startswith("denseblock")]
     assert [len(b) for b in blocks] == [6, 6, 6]  # (40 - 4) / 6
-    assert all(type(layer) is _DenseLayer for b in blocks for layer in b.values())
+    assert all(isinstance(layer, _DenseLayer) for b in blocks for layer in b.values())
 
 
 def tiny(bottleneck, compression, conv="standard", act="relu", memory_efficient=False):

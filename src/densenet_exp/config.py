@@ -19,6 +19,11 @@ class Stem(str, Enum):
     cifar = "cifar"  # one 3x3/s1 conv (DenseNet-BC for small images)
 
 
+class Impl(str, Enum):
+    fast = "fast"  # models/fast: shared BN statistics, recompute-in-backward kernels (default)
+    plain = "plain"  # models/densenet.py: the network as the paper draws it, as written
+
+
 class ConvType(str, Enum):
     standard = "standard"
     dsconv = "dsconv"
@@ -128,6 +133,7 @@ class ModelConfig:
     drop_rate: float = 0.0
     stem: Stem = Stem.cifar
     memory_efficient: bool = False
+    impl: Impl = Impl.fast  # the same network and parameters either way
     num_classes: Optional[int] = None  # null: the number of classes found in the data
     pretrained: Optional[str] = None  # a local torchvision-format state-dict file
 

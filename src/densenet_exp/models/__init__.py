@@ -1,4 +1,9 @@
-"""The DenseNet family and ``build_model`` from a composed config."""
+"""The DenseNet family and ``build_model`` from a composed config.
+
+``DenseNet`` is the plain, paper-shaped network (``models/densenet.py``); ``FastDenseNet``
+(``models/fast/``) is the same network with the same parameters, computed faster: ``model.impl``
+chooses, and the factories (``densenet121(...)``) take ``impl="fast"`` (default) or ``"plain"``.
+"""
 
 from __future__ import annotations
 
@@ -20,11 +25,13 @@ from .densenet import (
     densenet_cifar,
     load_pretrained,
 )
+from .fast import DenseNet as FastDenseNet
 from .layers import count_parameters
 
 __all__ = [
     "ArchitectureError",
     "DenseNet",
+    "FastDenseNet",
     "build_model",
     "check_model_config",
     "compile_model",
@@ -41,6 +48,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+IMPLS: dict[str, type[DenseNet]] = {"fast": FastDenseNet, "plain": DenseNet}
 
 
 def _plain(node: Any) -> dict[str, Any]:
@@ -93,7 +102,10 @@ def build_model(cfg: Any, num_classes: int | None = None) -> nn.Module:
     if n_cls is None:
         raise ValueError("model.num_classes is null and no class count came from the data")
     blocks = check_model_config(m)
-    model = DenseNet(
+    impl = m.get("impl", "fast")
+    if impl not in IMPLS:
+        raise ValueError(f"unknown model.impl {impl!r}; valid choices: {', '.join(IMPLS)}")
+    model = IMPLS[impl](
         growth_rate=m["growth_rate"],
         block_config=tuple(blocks),
         bottleneck=m.get("bottleneck", True),

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
-from . import heap
+from .. import heap
 
 _HALF = (torch.float16, torch.bfloat16)
 

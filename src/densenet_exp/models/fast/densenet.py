@@ -1,0 +1,251 @@
+"""The fast implementation of the DenseNet modules: same parameters, less work, less memory.
+
+Each class subclasses its plain counterpart in ``models/densenet.py`` and keeps its ``__init__``,
+so the parameters, buffers and their names are the plain model's (and torchvision's); only
+``forward`` differs. Outputs, gradients and running statistics equal the plain model's to float
+rounding (tested). What it does differently:
+
+- every feature map of a dense block is batch-normalised once, when it is produced, and each
+  reader's BN only applies its scale and shift (``fused``: exact in training mode);
+- transitions average-pool before their 1x1 convolution (both linear: a quarter of the work);
+- ``memory_efficient`` keeps each map once, normalised, and recomputes concatenations,
+  scale-and-shifts and activations in backward, never a convolution; on CPU the readers run in
+  batch slices; the ImageNet stem's BN-act-pool is recomputed too.
+
+Layers it does not know (the basic, non-bottleneck layer; modules a user brings) run the plain
+way inside a fast block.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .. import densenet as plain
+from .. import heap
+from .fused import (
+    bn_act_conv,
+    bn_act_pool,
+    cat_channels,
+    fusable,
+    input_conv,
+    normalize,
+    pool_commutes,
+    read_bn_act_conv,
+    shareable,
+    unbiased_var,
+    unit_stats,
+    update_running_stats,
+)
+
+log = logging.getLogger(__name__)
+
+
+class DenseFeatures:
+    """The feature maps of a dense block so far, as its layers and its transition read them.
+
+    In training with plain BNs of one eps, each map is also batch-normalised once as it arrives
+    (``normalized``); the readers then only scale and shift (see ``fused``). ``raw`` serves the
+    other cases (eval, synchronized BN, layers that run the plain way).
+    """
+
+    def __init__(
+        self, eps: float | None, unit: tuple[Tensor, Tensor] | None = None, lean: bool = False
+    ) -> None:
+        self.raw: list[Tensor] = []
+        self.eps = eps
+        self.unit = unit  # zeros and ones of the block's width: see fused.unit_stats
+        self.lean = lean
+        self.normalized: list[Tensor] | None = [] if eps is not None else None
+        self._means: list[Tensor] = []
+        self._invstds: list[Tensor] = []
+        self._stats: tuple[Tensor, Tensor] | None = None
+
+    def append(self, x: Tensor) -> None:
+        self.raw.append(x)
+        if self.normalized is not None:
+            # lean: keep the normalised copy only (the readers keep it), not x as well
+            x_hat, mean, invstd = normalize(x, self.eps, keep_input=not self.lean)
+            self.normalized.append(x_hat)
+            self._means.append(mean)
+            self._invstds.append(invstd)
+            self._stats = None
+
+    def stats(self) -> tuple[Tensor, Tensor]:
+        """Batch mean and unbiased variance of every channel so far, in channel order."""
+        if self._stats is None:
+            with torch.no_grad():
+                n = self.raw[0].numel() // self.raw[0].shape[1]
+                invstd = torch.cat(self._invstds)
+                self._stats = (torch.cat(self._means), unbiased_var(invstd, self.eps, n))
+        return self._stats
+
+    def readable_by(self, bn: nn.Module) -> bool:
+        return self.normalized is not None and shareable(bn) and bn.training and bn.eps == self.eps
+
+    def cat(self) -> Tensor:
+        return cat_channels(self.raw)
+
+
+class _DenseLayer(plain._DenseLayer):
+    """The bottleneck layer, reading the block's shared statistics where it can."""
+
+    def forward(self, inputs: Tensor | Sequence[Tensor] | DenseFeatures) -> Tensor:
+        lean = self.memory_efficient and self.training and torch.is_grad_enabled()
+        out = self._features(inputs, lean)
+        if self.drop_rate > 0:
+            out = nn.functional.dropout(out, p=self.drop_rate, training=self.training)
+        if lean:
+            heap.release_if_slack(out.device)  # see heap: glibc keeps the holes of transients
+        return out
+
+    def _features(self, inputs: Tensor | Sequence[Tensor] | DenseFeatures, lean: bool) -> Tensor:
+        if isinstance(inputs, DenseFeatures) and inputs.normalized is not None:
+            # the block normalised each feature map once and keeps norm1's running stats
+            h = read_bn_act_conv(
+                inputs.normalized, self.norm1, self.act1, self.conv1, inputs.unit, lean
+            )
+            if lean and fusable(self.norm2, self.conv2):
+                return bn_act_conv([h], self.norm2, self.act2, self.conv2)
+            return self.conv2(self.act2(self.norm2(h)))
+        features = inputs.raw if isinstance(inputs, DenseFeatures) else plain.as_list(inputs)
+        if not lean:
+            return self.conv2(self._bn_act_conv_bn_act(*features))
+        if fusable(self.norm1, self.conv1):
+            # keep only the inputs of each BN-act-conv; backward recomputes BN and act, not convs
+            h = bn_act_conv(features, self.norm1, self.act1, self.conv1)
+            if fusable(self.norm2, self.conv2):
+                return bn_act_conv([h], self.norm2, self.act2, self.conv2)
+            # dsconv: depthwise -> BN -> pointwise stays a module
+            return self.conv2(self.act2(self.norm2(h)))
+        # synchronized BN needs its collectives: recompute through the modules
+        return self.conv2(plain.recomputed(self, self._bn_act_conv_bn_act, *features))
+
+    def _bn_act_conv_bn_act(self, *inputs: Tensor) -> Tensor:
+        """concat -> BN -> act -> 1x1 conv -> BN -> act: the activations that grow with depth."""
+        x = cat_channels(inputs)
+        return self.act2(self.norm2(self.conv1(self.act1(self.norm1(x)))))
+
+
+class _DenseBlock(plain._DenseBlock):
+    bottleneck_layer = _DenseLayer
+
+    # set on blocks followed by a transition: it reads the features without their
+    # concatenation being stored (and, in training, already normalised)
+    return_features = False
+
+    def _shared_eps(self) -> float | None:
+        """The eps of the layers' first BNs when they can share per-feature statistics."""
+        if not (self.training and torch.is_grad_enabled()):
+            return None
+        if not all(type(layer) is _DenseLayer for layer in self.values()):
+            return None  # a layer that runs the plain way reads the raw maps
+        norms = [layer.norm1 for layer in self.values()]
+        eps = norms[0].eps
+        if all(shareable(bn) and bn.training and bn.eps == eps for bn in norms):
+            return eps
+        return None
+
+    def forward(self, init_features: Tensor) -> Tensor | DenseFeatures:  # type: ignore[override]
+        eps = self._shared_eps()
+        if eps is None:
+            features = DenseFeatures(None)
+        else:
+            first = self["denselayer1"]
+            unit = unit_stats(first.norm1.weight, self.num_output_features)
+            features = DenseFeatures(eps, unit, lean=first.memory_efficient)
+        features.append(init_features)
+        for layer in self.values():
+            fast = type(layer) is _DenseLayer
+            features.append(layer(features if fast else list(features.raw)))
+        if eps is not None:
+            update_running_stats([layer.norm1 for layer in self.values()], *features.stats())
+        if self.return_features and self.training and torch.is_grad_enabled():
+            return features
+        return features.cat()
+
+
+class _Transition(plain._Transition):
+    """Pools before its 1x1 conv (the same linear map on a quarter of the pixels)."""
+
+    def __init__(
+        self,
+        num_input_features: int,
+        num_output_features: int,
+        act: Any,
+        memory_efficient: bool = False,
+    ) -> None:
+        super().__init__(num_input_features, num_output_features, act)
+        self.memory_efficient = memory_efficient  # DenseNet sets the network's
+
+    def forward(self, x: Tensor | DenseFeatures) -> Tensor:  # type: ignore[override]
+        lean = self.memory_efficient and self.training and torch.is_grad_enabled()
+        pool = self.pool if pool_commutes(self.conv, self.pool) else None
+        if isinstance(x, DenseFeatures) and x.readable_by(self.norm):
+            update_running_stats([self.norm], *x.stats())
+            out = read_bn_act_conv(x.normalized, self.norm, self.act, self.conv, x.unit, lean, pool)
+        else:
+            features = x.raw if isinstance(x, DenseFeatures) else [x]
+            if lean and fusable(self.norm, self.conv):
+                out = bn_act_conv(features, self.norm, self.act, self.conv, pool=pool)
+            else:
+                y = self.act(self.norm(cat_channels(features)))
+                out = self.conv(pool(y) if pool is not None else y)
+        return self.pool(out) if pool is None else out
+
+
+class DenseNet(plain.DenseNet):
+    """The same network as ``models.densenet.DenseNet`` (same arguments and parameters), faster."""
+
+    block_type = _DenseBlock
+    transition_type = _Transition
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        blocks = [m for m in self.features.children() if isinstance(m, _DenseBlock)]
+        for block in blocks[:-1]:  # each is followed by a transition
+            block.return_features = True
+        for m in self.features.children():
+            if isinstance(m, _Transition):
+                m.memory_efficient = self.memory_efficient
+        plain_layers = sorted(
+            {
+                type(layer).__name__
+                for block in blocks
+                for layer in block.values()
+                if type(layer) is not _DenseLayer
+            }
+        )
+        if plain_layers:
+            log.info(
+                "model.impl=fast: %s layers run the plain way (no shared BN statistics)",
+                ", ".join(plain_layers),
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        f = self.features
+        if self._lean_stem():
+            # keep only conv0's output; backward recomputes norm0, act0 and the pool
+            x = bn_act_pool(input_conv(x, f.conv0), f.norm0, f.act0, f.pool0)
+            for module in list(f.children())[4:]:
+                x = module(x)
+        else:
+            x = f(x)
+        x = nn.functional.adaptive_avg_pool2d(x, 1).flatten(1)
+        return self.classifier(x)
+
+    def _lean_stem(self) -> bool:
+        f = self.features
+        return (
+            self.stem == "imagenet"
+            and self.memory_efficient
+            and self.training
+            and torch.is_grad_enabled()
+            and shareable(f.norm0)
+            and f.norm0.training
+            and type(f.pool0) is nn.MaxPool2d
+        )
