@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -27,6 +27,7 @@ class Impl(str, Enum):
 class ConvType(str, Enum):
     standard = "standard"
     dsconv = "dsconv"
+    custom = "custom"  # a class of the user's own: conv._target_
 
 
 class ActName(str, Enum):
@@ -35,6 +36,7 @@ class ActName(str, Enum):
     prelu = "prelu"
     gelu = "gelu"
     mish = "mish"
+    custom = "custom"  # a class of the user's own: act._target_
 
 
 class OptLevel(str, Enum):
@@ -144,6 +146,9 @@ class ConvConfig:
     kernel_size: int = 3
     dilation: int = 1
     inner_bn: bool = True  # BN between depthwise and pointwise (dsconv only)
+    # type=custom: the class, called as cls(in_channels, out_channels, **params) by Hydra
+    _target_: Optional[str] = None
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -151,6 +156,9 @@ class ActConfig:
     name: ActName = ActName.relu
     prelu_init: float = 0.25
     prelu_per_channel: bool = False
+    # name=custom: the class, called as cls(**params), plus num_channels=C if it takes that
+    _target_: Optional[str] = None
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

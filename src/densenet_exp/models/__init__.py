@@ -26,7 +26,7 @@ from .densenet import (
     load_pretrained,
 )
 from .fast import DenseNet as FastDenseNet
-from .layers import count_parameters
+from .layers import count_parameters, is_custom
 
 __all__ = [
     "ArchitectureError",
@@ -105,6 +105,12 @@ def build_model(cfg: Any, num_classes: int | None = None) -> nn.Module:
     impl = m.get("impl", "fast")
     if impl not in IMPLS:
         raise ValueError(f"unknown model.impl {impl!r}; valid choices: {', '.join(IMPLS)}")
+    conv_cfg, act_cfg = _plain(cfg["conv"]), _plain(cfg["act"])
+    own = is_custom(conv_cfg, act_cfg)
+    if impl == "fast" and own:
+        # the fast kernels know the built-in modules only: yours run as models/densenet.py says
+        log.info("model.impl=fast does not know %s: the model runs the plain way", ", ".join(own))
+        impl = "plain"
     model = IMPLS[impl](
         growth_rate=m["growth_rate"],
         block_config=tuple(blocks),
@@ -116,8 +122,8 @@ def build_model(cfg: Any, num_classes: int | None = None) -> nn.Module:
         num_classes=n_cls,
         stem=m["stem"],
         memory_efficient=m["memory_efficient"],
-        act=_plain(cfg["act"]),
-        conv=_plain(cfg["conv"]),
+        act=act_cfg,
+        conv=conv_cfg,
         init=_plain(cfg["init"]),
     )
     if m.get("pretrained"):

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
-CONV_TYPES = ("standard", "dsconv")
-ACTIVATIONS = ("relu", "swish", "prelu", "gelu", "mish")
+CONV_TYPES = ("standard", "dsconv", "custom")
+ACTIVATIONS = ("relu", "swish", "prelu", "gelu", "mish", "custom")
 
 # ``act(channels, inplace=False)`` -> the configured activation module for that position
 ActFactory = Callable[..., nn.Module]
@@ -45,6 +45,21 @@ class DSConv(nn.Sequential):
         self.pointwise = nn.Conv2d(in_channels, out_channels, 1, bias=False)
 
 
+def custom(kind: str, target: str | None, *args: Any, **params: Any) -> nn.Module:
+    """A module of the user's own class, built by Hydra's ``instantiate``."""
+    if not target:
+        raise ValueError(
+            f"{kind}: custom needs {kind}._target_, the import path of your class "
+            f"(e.g. my_ideas.GhostConv, importable from where you run)"
+        )
+    from hydra.utils import instantiate
+
+    module = instantiate({"_target_": target, **params}, *args)
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"{kind}._target_={target} built a {type(module).__name__}, not a module")
+    return module
+
+
 def make_conv(
     in_channels: int,
     out_channels: int,
@@ -52,8 +67,12 @@ def make_conv(
     kernel_size: int = 3,
     dilation: int = 1,
     inner_bn: bool = True,
+    _target_: str | None = None,
+    params: dict[str, Any] | None = None,
 ) -> nn.Module:
     """The spatial conv of a dense layer ("same" padding, stride 1)."""
+    if type == "custom":
+        return custom("conv", _target_, in_channels, out_channels, **(params or {}))
     if kernel_size % 2 == 0:
         raise ValueError(f"conv.kernel_size must be odd for 'same' padding, got {kernel_size}")
     if type == "standard":
@@ -72,6 +91,8 @@ def make_act(
     prelu_init: float = 0.25,
     prelu_per_channel: bool = False,
     inplace: bool = False,
+    _target_: str | None = None,
+    params: dict[str, Any] | None = None,
 ) -> nn.Module:
     """One activation module per position, so PReLU slopes are learned per layer.
 
@@ -89,17 +110,45 @@ def make_act(
         return nn.GELU()
     if name == "mish":
         return nn.Mish()
+    if name == "custom":
+        params = dict(params or {})
+        if _target_ and "num_channels" in _signature(_target_):
+            params["num_channels"] = channels
+        return custom("act", _target_, **params)
     raise ValueError(f"unknown activation {name!r}; valid choices: {', '.join(ACTIVATIONS)}")
 
 
 def act_factory(**act_cfg: Any) -> ActFactory:
     """Bind the act config so the network can ask for ``act(channels)`` at each position."""
-    act_cfg = {k: v for k, v in act_cfg.items() if k in ("name", "prelu_init", "prelu_per_channel")}
+    keys = ("name", "prelu_init", "prelu_per_channel", "_target_", "params")
+    act_cfg = {k: v for k, v in act_cfg.items() if k in keys}
 
     def build(channels: int, inplace: bool = False) -> nn.Module:
         return make_act(channels, inplace=inplace, **act_cfg)
 
     return build
+
+
+def _signature(target: str) -> set[str]:
+    """The parameter names of the class at ``target`` (empty if it takes ``**kwargs`` only)."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    try:
+        return set(inspect.signature(get_class(target)).parameters)
+    except (ValueError, TypeError):
+        return set()
+
+
+def is_custom(conv_cfg: dict[str, Any], act_cfg: dict[str, Any]) -> list[str]:
+    """The user's own classes among the conv and act config, by import path."""
+    found = []
+    if conv_cfg.get("type") == "custom":
+        found.append(str(conv_cfg.get("_target_")))
+    if act_cfg.get("name") == "custom":
+        found.append(str(act_cfg.get("_target_")))
+    return found
 
 
 def kaiming_gain_name(act_name: str) -> tuple[str, float]:
