@@ -191,6 +191,8 @@ def test_rerun_switches_the_whole_group_and_equals_a_fresh_run(tmp_path):
         "kernel_size": 3,
         "dilation": 2,
         "inner_bn": True,
+        "_target_": None,  # type=custom only
+        "params": {},
     }
     assert (child / "parent.txt").read_text().startswith(str(parent.resolve()))
     diff = (child / "diff.txt").read_text()

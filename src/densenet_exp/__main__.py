@@ -12,15 +12,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import train
 from .config import config_dir
+from .overrides import NOT_IN_JOB_NAMES, override_key, override_value
 
 log = logging.getLogger("densenet_exp")
-
-
-_NOT_IN_NAMES = {"trainer.seed", "trainer.resume", "experiment", "hparams_search"}
-
-
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
 
 
 def _swept_keys(sweep_dir: str | None, sweeper_params: Any) -> set[str]:
@@ -55,15 +49,21 @@ def _job_dirname(sweep_dir: str | None, task_overrides: Any, sweeper_params: Any
     """
     overrides = [str(o) for o in (task_overrides or [])]
     swept = _swept_keys(sweep_dir, sweeper_params)
-    named = [o for o in overrides if _key(o) not in _NOT_IN_NAMES]
-    chosen = [o for o in named if _key(o) in swept] or named
+    named = [o for o in overrides if override_key(o) not in NOT_IN_JOB_NAMES]
+    chosen = [o for o in named if override_key(o) in swept] or named
     if "trainer.seed" in swept:
-        chosen += [f"seed={o.split('=', 1)[1]}" for o in overrides if _key(o) == "trainer.seed"]
+        chosen += [
+            f"seed={override_value(o)}" for o in overrides if override_key(o) == "trainer.seed"
+        ]
     name = ",".join(chosen).replace("/", "_").replace("\\", "_")
     return name[:120] or "defaults"
 
 
 OmegaConf.register_new_resolver("densenet_exp.dirname", _job_dirname, replace=True)
+# conf/config.yaml's hydra.job.config.override_dirname.exclude_keys, from the same list
+OmegaConf.register_new_resolver(
+    "densenet_exp.not_in_job_names", lambda: list(NOT_IN_JOB_NAMES), replace=True
+)
 
 
 def _share_cores_with_parallel_jobs() -> None:

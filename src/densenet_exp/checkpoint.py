@@ -69,6 +69,19 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
+def model_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The network's weights in a checkpoint: the EMA copy when the run kept one, else the model.
+
+    ``AveragedModel`` stores the averaged network under ``module.`` (and its step counter beside
+    it); this is the one place that knows that layout.
+    """
+    ema = state.get("ema")
+    if ema:
+        prefix = "module."
+        return {k[len(prefix) :]: v for k, v in ema.items() if k.startswith(prefix)}
+    return state["model"]
+
+
 def rng_state() -> dict[str, Any]:
     """Python, NumPy, torch (and CUDA) RNG states as plain Python lists and ints.
 

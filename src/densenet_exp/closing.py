@@ -8,6 +8,8 @@ from typing import Any
 
 import yaml
 
+from .overrides import override_key
+
 # keys the resume command sets itself; the run's own values of them are dropped
 _RESUME_KEYS = ("trainer.resume", "hydra.run.dir")
 
@@ -23,10 +25,6 @@ def _duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
-
-
 def resume_command(run_dir: Path, extra: tuple[str, ...] = ()) -> str:
     """The command that continues this run in its own folder from its ``last.pt``.
 
@@ -35,8 +33,8 @@ def resume_command(run_dir: Path, extra: tuple[str, ...] = ()) -> str:
     """
     path = run_dir / ".hydra" / "overrides.yaml"
     saved = [str(o) for o in (yaml.safe_load(path.read_text()) or [])] if path.is_file() else []
-    drop = {*_RESUME_KEYS, *(_key(o) for o in extra)}
-    args = [o for o in saved if _key(o) not in drop]
+    drop = {*_RESUME_KEYS, *(override_key(o) for o in extra)}
+    args = [o for o in saved if override_key(o) not in drop]
     args += [*extra, f"hydra.run.dir={run_dir}", "trainer.resume=auto"]
     return " ".join(["python -m densenet_exp", *(shlex.quote(a) for a in args)])
 

@@ -39,6 +39,7 @@ from .models import (
     min_input_size,
 )
 from .models.cost import count_macs
+from .models.densenet import check_state_dict
 from .models.sync_batchnorm import convert_sync_batchnorm
 from .optim import build_optimizer, build_scheduler
 from .precision import Precision
@@ -592,15 +593,7 @@ def _check_loss(
 
 
 def _load_model_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or shapes:
-        raise RuntimeError(
-            f"checkpoint {path} is from a different architecture: missing {missing[:6]}, "
-            f"unexpected {unexpected[:6]}, shape mismatch {shapes[:6]}"
-        )
+    check_state_dict(model.state_dict(), state, f"checkpoint {path}")
     model.load_state_dict(state)
 
 

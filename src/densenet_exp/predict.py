@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, model_weights
 from .data.imagefolder import DECODE_ERRORS, log_ignored, visible_files
 from .data.transforms import build_transform, load_image
 from .distributed import resolve_device
@@ -59,10 +59,7 @@ def load_model(checkpoint: str | Path, device: torch.device) -> tuple[nn.Module,
     cfg = state["config"]
     cfg["model"]["pretrained"] = None  # the weights come from the checkpoint
     model = build_model(cfg, num_classes=len(state["classes"]))
-    weights = state["model"]
-    if state.get("ema"):
-        prefix = "module."
-        weights = {k[len(prefix) :]: v for k, v in state["ema"].items() if k.startswith(prefix)}
+    weights = model_weights(state)
     model.load_state_dict(
         {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
     )

@@ -312,6 +312,22 @@ def convert_torchvision_state_dict(state_dict: dict[str, Tensor]) -> dict[str, T
     return out
 
 
+def check_state_dict(
+    own: dict[str, Tensor], state: dict[str, Tensor], what: str, skip: Sequence[str] = ()
+) -> None:
+    """Raise naming the missing, unexpected and mis-shaped keys, if any: a wrong architecture
+    must not load silently. ``skip`` are keys the caller replaces on purpose."""
+    missing = sorted(k for k in own if k not in state and k not in skip)
+    unexpected = sorted(k for k in state if k not in own)
+    shapes = sorted(k for k in state if k in own and state[k].shape != own[k].shape)
+    if missing or unexpected or shapes:
+        raise RuntimeError(
+            f"{what} does not match this architecture (it is of a different architecture): "
+            f"missing keys {missing[:8]}, "
+            f"unexpected keys {unexpected[:8]}, shape mismatches {shapes[:8]}"
+        )
+
+
 def load_pretrained(model: DenseNet, path: str | Path) -> list[str]:
     """Load a local torchvision-format state dict; returns the keys left at their init.
 
@@ -334,14 +350,7 @@ def load_pretrained(model: DenseNet, path: str | Path) -> list[str]:
         if key in state and state[key].shape != own[key].shape:
             del state[key]
             skipped.append(key)
-    missing = [k for k in own if k not in state and k not in skipped]
-    unexpected = [k for k in state if k not in own]
-    shape_errors = [k for k in state if k in own and state[k].shape != own[k].shape]
-    if missing or unexpected or shape_errors:
-        raise RuntimeError(
-            f"model.pretrained {path} does not match this architecture: missing keys "
-            f"{missing[:8]}, unexpected keys {unexpected[:8]}, shape mismatches {shape_errors[:8]}"
-        )
+    check_state_dict(own, state, f"model.pretrained {path}", skip=skipped)
     model.load_state_dict(state, strict=False)
     return skipped
 

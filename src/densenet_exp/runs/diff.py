@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .records import METRICS, Run, flatten, load_run, override_key
+from ..overrides import override_key, override_value, replace_keys
+from .records import METRICS, Run, flatten, load_run
 from .table import cell
 
 
@@ -47,8 +48,7 @@ def format_diff(a: Run, b: Run, d: dict[str, Any]) -> str:
 # -- rerun ----------------------------------------------------------------------------------------
 def merge_overrides(saved: list[str], new: list[str]) -> list[str]:
     """The run's saved overrides with the new ones replacing any of the same key."""
-    new_keys = {override_key(o) for o in new}
-    return [o for o in saved if override_key(o) not in new_keys] + list(new)
+    return replace_keys(saved, new)
 
 
 def rerun(run_dir: str | Path, overrides: list[str], out_dir: str | Path | None = None) -> Path:
@@ -61,7 +61,7 @@ def rerun(run_dir: str | Path, overrides: list[str], out_dir: str | Path | None 
     if not (parent.path / ".hydra" / "overrides.yaml").is_file():
         raise FileNotFoundError(f"{parent.path} has no .hydra/overrides.yaml: not a run directory")
     # hydra.run.dir among the overrides means what it means on any command line: the run's folder
-    asked = [o.split("=", 1)[1] for o in overrides if override_key(o) == "hydra.run.dir"]
+    asked = [override_value(o) for o in overrides if override_key(o) == "hydra.run.dir"]
     overrides = [o for o in overrides if override_key(o) != "hydra.run.dir"]
     if len(set(asked)) > 1:
         raise ValueError(f"hydra.run.dir given twice with different folders: {', '.join(asked)}")

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from .. import val_predictions
+from ..overrides import NOT_CONFIGURATION, override_key
 
 GROUPS = ("model", "conv", "act", "amp", "init", "data", "optim", "sched", "experiment")
 METRICS = (
@@ -30,23 +31,6 @@ METRICS = (
     "world_size",
     "epochs",
     "steps",
-)
-# Keys that say how a run was carried out, not what it trains: runs that differ only in these
-# (and the seed) are replicas of one configuration.
-NOT_CONFIGURATION = (
-    "trainer.seed",
-    "trainer.resume",
-    "trainer.progress",
-    "trainer.log_every_n_steps",
-    "trainer.ckpt_every_n_steps",
-    "trainer.device",
-    "data.num_workers",
-    "data.pin_memory",
-    "data.persistent_workers",
-    "dist.rdzv_endpoint",
-    "dist.rdzv_id",
-    "dist.backend",
-    "dist.timeout_s",
 )
 
 
@@ -168,8 +152,3 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
             out.update(flatten(v, f"{prefix}{k}."))
         return out
     return {prefix[:-1]: node}
-
-
-def override_key(override: str) -> str:
-    """``+model.x=1`` -> ``model.x``: the key an override sets."""
-    return override.split("=", 1)[0].lstrip("+~")

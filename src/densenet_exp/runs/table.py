@@ -10,7 +10,8 @@ from typing import Any
 
 import yaml
 
-from .records import GROUPS, METRICS, Run, find_runs, override_key
+from ..overrides import override_key, override_value
+from .records import GROUPS, METRICS, Run, find_runs
 from .stats import Interval, mean_ci
 
 # metrics summarised over a configuration's seeds, with their interval
@@ -130,7 +131,7 @@ def is_default(override: str, choices: dict[str, Any], config: dict[str, Any]) -
     """
     if "=" not in override:
         return False
-    key, value = override_key(override), override.split("=", 1)[1]
+    key, value = override_key(override), override_value(override)
     if key in choices:
         return str(choices[key]) == value
     node: Any = config
