@@ -205,3 +205,22 @@ def test_compile_trains_with_the_memory_efficient_layers(tmp_path, options):
     summary = train(cfg, tmp_path / "r")
     assert summary["status"] == "completed" and summary["steps"] == 2
     assert counters["stats"]["unique_graphs"] >= 1  # the steps ran through compiled graphs
+
+
+def test_the_metrics_files_follow_their_one_typed_definition(tmp_path):
+    from dataclasses import fields
+
+    from densenet_exp.metrics import EpochRow, RunSummary
+    from densenet_exp.runs import load_run
+
+    run = tmp_path / "run"
+    train(compose_cfg([*TINY, "trainer.epochs=2"]), run)
+    on_disk = json.loads((run / "metrics.json").read_text())
+    assert set(on_disk) == {f.name for f in fields(RunSummary)} - {"error"}
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(set(r) == {f.name for f in fields(EpochRow)} for r in rows)
+    # the run tools read the same definition: without metrics.json, the rows stand in for it
+    (run / "metrics.json").unlink()
+    partial = load_run(run)
+    assert partial.metric("best_val_top1") == max(r["val_top1"] for r in rows)
+    assert partial.metric("epochs") == 2 and partial.metric("wall_s") == rows[-1]["time_s"]

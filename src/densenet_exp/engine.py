@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from contextlib import nullcontext
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from . import val_predictions
 from .checkpoint import load_resume_state, rng_state, save_checkpoint, set_rng_state
 from .closing import closing_block
 from .data import DataError, build_datasets, build_loaders, eval_transform_settings
+from .metrics import HISTORY_FILE, SUMMARY_FILE, EpochRow, RunSummary
 from .models import (
     build_model,
     check_model_config,
@@ -302,7 +304,7 @@ def _fit(
             epoch_partial = (rank_state["loss_sum"], rank_state["loss_count"])
             rank_buffers = rank_state.get("buffers", {})
         if main:
-            _truncate_metrics(run_dir / "metrics.jsonl", global_step)
+            _truncate_metrics(run_dir / HISTORY_FILE, global_step)
         log.info("resumed from %s at epoch %d, step %d", resume_path, start_epoch, global_step)
         del state
 
@@ -339,7 +341,7 @@ def _fit(
         )
     writer = _tensorboard(run_dir) if main else None
     val_names = val_predictions.image_names(bundle.val)
-    metrics_path = run_dir / "metrics.jsonl"
+    metrics_path = run_dir / HISTORY_FILE
     common_state = {
         "classes": bundle.classes,
         "eval_transform": eval_transform_settings(data_cfg),
@@ -488,17 +490,19 @@ def _fit(
             train_loss = du.all_reduce_sum(loss_sum.clone()).item() / max(
                 1, loss_count * ctx.world_size
             )
-            row = {
-                "epoch": epoch,
-                "step": global_step,
-                "train_loss": train_loss,
-                **last_eval,
-                "lr": optimizer.param_groups[0]["lr"],
-                "img_per_s": imgs_seen * ctx.world_size / max(train_time, 1e-9),
-                "peak_mem_mb": peak_memory_mb(device),
-                "time_s": time.perf_counter() - t_start,
-                "skipped_steps": precision.skipped_steps,
-            }
+            row = asdict(
+                EpochRow(
+                    epoch=epoch,
+                    step=global_step,
+                    train_loss=train_loss,
+                    **last_eval,
+                    lr=optimizer.param_groups[0]["lr"],
+                    img_per_s=imgs_seen * ctx.world_size / max(train_time, 1e-9),
+                    peak_mem_mb=peak_memory_mb(device),
+                    time_s=time.perf_counter() - t_start,
+                    skipped_steps=precision.skipped_steps,
+                )
+            )
             if main:
                 with metrics_path.open("a") as f:
                     f.write(json.dumps(row) + "\n")
@@ -523,22 +527,22 @@ def _fit(
         if stop:
             break
 
-    summary = {
-        "best_val_top1": best_top1 if best_top1 >= 0 else None,
-        "best_epoch": best_epoch,
-        "final_val_top1": final_top1,
-        "final_val_loss": last_eval.get("val_loss"),
-        "epochs": epoch + 1,
-        "steps": global_step,
-        "params": n_params,
-        "macs_per_image": macs,
-        "img_per_s": imgs_seen * ctx.world_size / max(train_time, 1e-9),
-        "peak_mem_mb": peak_memory_mb(device),
-        "wall_s": time.perf_counter() - t_start,
-        "world_size": ctx.world_size,
-        "skipped_steps": precision.skipped_steps,
-        "status": "completed",
-    }
+    summary = RunSummary(
+        status="completed",
+        best_val_top1=best_top1 if best_top1 >= 0 else None,
+        best_epoch=best_epoch,
+        final_val_top1=final_top1,
+        final_val_loss=last_eval.get("val_loss"),
+        epochs=epoch + 1,
+        steps=global_step,
+        params=n_params,
+        macs_per_image=macs,
+        img_per_s=imgs_seen * ctx.world_size / max(train_time, 1e-9),
+        peak_mem_mb=peak_memory_mb(device),
+        wall_s=time.perf_counter() - t_start,
+        world_size=ctx.world_size,
+        skipped_steps=precision.skipped_steps,
+    ).to_dict()
     if writer is not None:
         hparams = _hparams(cfg)
         writer.add_hparams(
@@ -672,17 +676,14 @@ def run_rank(cfg: dict[str, Any], run_dir: str) -> dict[str, Any]:
         summary = fit(cfg, run_path, ctx)
     except (KeyboardInterrupt, TrainingInterrupted) as e:
         log.warning("interrupted: %s", e or "KeyboardInterrupt")
-        ended = {"status": "interrupted", "error": str(e), "wall_s": time.perf_counter() - t0}
+        ended = RunSummary("interrupted", error=str(e), wall_s=time.perf_counter() - t0).to_dict()
         _write_summary(run_path, ctx, ended)
         _closing_block(run_path, ctx, ended)
         raise
     except BaseException as e:
         log.error("training failed on rank %d: %s: %s", ctx.rank, type(e).__name__, e)
-        ended = {
-            "status": "failed",
-            "error": f"{type(e).__name__}: {e}",
-            "wall_s": time.perf_counter() - t0,
-        }
+        error = f"{type(e).__name__}: {e}"
+        ended = RunSummary("failed", error=error, wall_s=time.perf_counter() - t0).to_dict()
         _write_summary(run_path, ctx, ended)
         _closing_block(run_path, ctx, ended)
         # No destroy_process_group here: it would make the other ranks fail with "connection
@@ -702,7 +703,7 @@ def _closing_block(run_dir: Path, ctx: du.DistContext, summary: dict[str, Any]) 
 def _write_summary(run_dir: Path, ctx: du.DistContext, summary: dict[str, Any]) -> None:
     if not ctx.is_main:
         return
-    path = run_dir / "metrics.json"
+    path = run_dir / SUMMARY_FILE
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(summary, indent=2) + "\n")
     tmp.replace(path)

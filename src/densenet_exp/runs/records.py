@@ -17,14 +17,17 @@ from typing import Any
 import yaml
 
 from .. import val_predictions
+from ..metrics import HISTORY_FILE, SUMMARY_FILE, SUMMARY_KEYS, RunSummary
 from ..overrides import NOT_CONFIGURATION, override_key
 
 GROUPS = ("model", "conv", "act", "amp", "init", "data", "optim", "sched", "experiment")
+# the per-job table's metric columns: fields of the summary the engine writes
 METRICS = (
     "best_val_top1",
     "final_val_top1",
     "final_val_loss",
     "params",
+    "macs_per_image",
     "img_per_s",
     "peak_mem_mb",
     "wall_s",
@@ -32,6 +35,7 @@ METRICS = (
     "epochs",
     "steps",
 )
+assert set(METRICS) <= set(SUMMARY_KEYS), "METRICS must be RunSummary fields"
 
 
 @dataclass
@@ -84,24 +88,14 @@ class Run:
         return "running" if self.history or (self.path / "train.log").exists() else "not started"
 
     def metric(self, key: str) -> Any:
-        if key in self.summary:
+        """A summary value; where ``metrics.json`` lacks it, what ``metrics.jsonl`` says."""
+        if self.summary.get(key) is not None:
             return self.summary[key]
-        if key == "best_val_loss" and self.history:  # not in metrics.json: from the history
+        if key == "best_val_loss":  # not a summary field: the lowest val loss of any evaluation
             return min((r["val_loss"] for r in self.history if "val_loss" in r), default=None)
-        if not self.history:
-            return None
-        last = self.history[-1]
-        fallback = {
-            "best_val_top1": max((r.get("val_top1", -1) for r in self.history), default=None),
-            "final_val_top1": last.get("val_top1"),
-            "final_val_loss": last.get("val_loss"),
-            "img_per_s": last.get("img_per_s"),
-            "peak_mem_mb": last.get("peak_mem_mb"),
-            "wall_s": last.get("time_s"),
-            "epochs": last.get("epoch", -1) + 1,
-            "steps": last.get("step"),
-        }
-        return fallback.get(key)
+        if key in SUMMARY_KEYS and self.history:
+            return getattr(RunSummary.from_history(self.history), key)
+        return None
 
 
 def _yaml(path: Path) -> Any:
@@ -119,10 +113,10 @@ def load_run(path: str | Path) -> Run:
     choices = (hydra_cfg.get("hydra", {}).get("runtime", {}) or {}).get("choices", {}) or {}
     run.choices = {k: v for k, v in choices.items() if not k.startswith("hydra/")}
     run.config = _yaml(hydra_dir / "config.yaml") or {}
-    if (path / "metrics.json").is_file():
-        run.summary = json.loads((path / "metrics.json").read_text())
-    if (path / "metrics.jsonl").is_file():
-        for line in (path / "metrics.jsonl").read_text().splitlines():
+    if (path / SUMMARY_FILE).is_file():
+        run.summary = json.loads((path / SUMMARY_FILE).read_text())
+    if (path / HISTORY_FILE).is_file():
+        for line in (path / HISTORY_FILE).read_text().splitlines():
             try:
                 run.history.append(json.loads(line))
             except json.JSONDecodeError:  # a line being written right now
@@ -136,7 +130,7 @@ def find_runs(root: str | Path) -> list[Run]:
     if not root.is_dir():
         raise FileNotFoundError(f"no such folder: {root}")
     dirs = {p.parent.parent for p in root.glob("**/.hydra/overrides.yaml")}
-    dirs |= {p.parent for p in root.glob("**/metrics.json")}
+    dirs |= {p.parent for p in root.glob(f"**/{SUMMARY_FILE}")}
     return [load_run(d) for d in sorted(dirs, key=_natural_key)]
 
 
