@@ -106,6 +106,7 @@ def _build(spec: dict, impl: str, me: bool):
     from densenet_exp import models
     from densenet_exp.models import heap
     from densenet_exp.precision import Precision
+    from densenet_exp.process import configure_compiler
 
     if not spec.get("heap_trim", True):
         heap.SLACK_BYTES = None
@@ -140,6 +141,8 @@ def _build(spec: dict, impl: str, me: bool):
     policy = Precision(amp, device)
     policy.prepare(model, opt)
     # both models through the trainer's compile (its dynamo setting only matters to ours)
+    if spec["compile"]:
+        configure_compiler()  # as a rank's start-up does with trainer.compile=true
     train_model = models.compile_model(model) if spec["compile"] else model
     n_cls = model.classifier.out_features
     x = torch.randn(spec["batch"], 3, spec["image_size"], spec["image_size"], device=device)

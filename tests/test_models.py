@@ -20,6 +20,7 @@ from densenet_exp.models import (
 from densenet_exp.models.fast import DenseNet, fused  # what trains by default (model.impl=fast)
 from densenet_exp.models.layers import DSConv
 from densenet_exp.models.sync_batchnorm import SyncBatchNorm
+from densenet_exp.process import configure_compiler
 
 
 @pytest.mark.parametrize(
@@ -194,6 +195,7 @@ def test_compiled_memory_efficient_layers_trace_without_graph_breaks():
     lean.load_state_dict(plain.state_dict())
     x = torch.randn(2, 3, 32, 32)
     counters.clear()
+    configure_compiler()  # as a rank's start-up does with trainer.compile=true
     out_a, out_b = plain(x), compile_model(lean)(x)
     out_a.square().sum().backward()
     out_b.square().sum().backward()

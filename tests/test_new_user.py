@@ -13,10 +13,10 @@ from PIL import Image
 from densenet_exp import train
 from densenet_exp.data import build_datasets, build_loaders, resolve_num_workers
 from densenet_exp.data.imagefolder import build_imagefolder_splits
-from densenet_exp.distributed import JOB_CORES_ENV, cores_per_rank, job_cores
 from densenet_exp.precision import PrecisionError, describe, resolve_spec
 from densenet_exp.predict import gather_inputs
 from densenet_exp.predict import main as predict_main
+from densenet_exp.process import JOB_CORES_ENV, cores_per_rank, job_cores
 from densenet_exp.runs import main as runs_main
 
 COLOURS = {"cat": (200, 30, 30), "dog": (30, 30, 200)}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -73,14 +72,9 @@ def _share_cores_with_parallel_jobs() -> None:
     launcher = HydraConfig.get().launcher
     n_jobs = launcher.get("n_jobs") if "joblib" in str(launcher.get("_target_", "")) else None
     if n_jobs and int(n_jobs) > 1:
-        import torch
+        from .process import share_cores_between_jobs
 
-        from .distributed import JOB_CORES_ENV, job_cores
-
-        threads = max(1, job_cores() // int(n_jobs))
-        torch.set_num_threads(threads)
-        os.environ["OMP_NUM_THREADS"] = str(threads)
-        os.environ[JOB_CORES_ENV] = str(threads)  # loader workers and ranks split this share
+        share_cores_between_jobs(int(n_jobs))
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")

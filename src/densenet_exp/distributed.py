@@ -18,6 +18,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .process import threads_for_launched_ranks
+
 log = logging.getLogger(__name__)
 
 
@@ -71,27 +73,6 @@ def nproc_per_node(dist_cfg: dict[str, Any], device: torch.device) -> int:
     return n
 
 
-# Set by the entry point when a launcher runs several jobs side by side on one machine (joblib):
-# each job's share of the cores, inherited by the ranks it starts.
-JOB_CORES_ENV = "DENSENET_EXP_JOB_CORES"
-
-
-def job_cores() -> int:
-    """The cores this job may use: its share under a parallel launcher, else the process's."""
-    shared = os.environ.get(JOB_CORES_ENV)
-    if shared:
-        return max(1, int(shared))
-    try:
-        return len(os.sched_getaffinity(0))  # honours taskset / cgroup cpusets, as torch does
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def cores_per_rank(local_world_size: int) -> int:
-    """The cores of one rank: the job's cores split between the ranks on this machine."""
-    return max(1, job_cores() // max(1, local_world_size))
-
-
 def under_external_launcher() -> bool:
     """True inside torchrun/SLURM-style launches that already set the rank variables."""
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
@@ -116,9 +97,6 @@ def setup(dist_cfg: dict[str, Any], device_name: str) -> DistContext:
     if device.type == "cuda":
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
-    else:
-        # ranks on one machine share its cores; torch would otherwise give each all of them
-        torch.set_num_threads(cores_per_rank(local_world))
     backend = backend_for(device, str(dist_cfg["backend"]))
     if not dist.is_initialized():
         dist.init_process_group(
@@ -208,8 +186,7 @@ def launch(
             f"(got {endpoint!r})"
         )
     if device.type == "cpu":
-        # LaunchConfig, unlike torchrun, leaves OMP_NUM_THREADS alone: split the cores
-        os.environ.setdefault("OMP_NUM_THREADS", str(cores_per_rank(nproc)))
+        threads_for_launched_ranks(nproc)
     config = LaunchConfig(
         min_nodes=nnodes,
         max_nodes=nnodes,

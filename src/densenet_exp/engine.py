@@ -45,6 +45,7 @@ from .models.densenet import check_state_dict
 from .models.sync_batchnorm import convert_sync_batchnorm
 from .optim import build_optimizer, build_scheduler
 from .precision import Precision
+from .process import configure_rank, cores_per_rank
 from .val_predictions import PredictionSink
 
 log = logging.getLogger("densenet_exp")
@@ -261,7 +262,7 @@ def _fit(
         ctx.world_size,
         int(tr["seed"]),
         device,
-        cores=du.cores_per_rank(ctx.local_world_size),
+        cores=cores_per_rank(ctx.local_world_size),
     )
     accum = max(1, int(tr["grad_accum"]))
     steps_per_epoch = len(train_loader) // accum
@@ -670,6 +671,7 @@ def run_rank(cfg: dict[str, Any], run_dir: str) -> dict[str, Any]:
     """Entry of one rank: in-process, under torchrun, or spawned by ``distributed.launch``."""
     run_path = Path(run_dir)
     ctx = du.setup(cfg["dist"], cfg["trainer"]["device"])
+    configure_rank(ctx.local_world_size, ctx.device, compile=bool(cfg["trainer"]["compile"]))
     setup_logging(run_path, ctx.rank)
     t0 = time.perf_counter()
     try:

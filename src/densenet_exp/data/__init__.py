@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from .._compat import choice
+from ..process import loader_start_method, loader_worker_init
 from .digits import ensure_digits
 from .imagefolder import DataError, ImageFolderDataset, build_imagefolder_splits, collate_skip_bad
 from .synthetic import SyntheticDataset
@@ -169,11 +170,6 @@ def resolve_num_workers(value: int | str, cores: int) -> int:
     return workers
 
 
-def _worker_init(worker_id: int) -> None:
-    # one thread per worker: the main process's intra-op threads are the compute budget
-    torch.set_num_threads(1)
-
-
 def build_loaders(
     bundle: DataBundle,
     data_cfg: Any,
@@ -202,11 +198,11 @@ def build_loaders(
         num_workers=workers,
         pin_memory=pin,
         collate_fn=collate_skip_bad,
-        worker_init_fn=_worker_init if workers else None,
+        worker_init_fn=loader_worker_init if workers else None,
         persistent_workers=bool(data_cfg["persistent_workers"]) and workers > 0,
     )
     if workers:
-        loader_args["multiprocessing_context"] = _worker_context()
+        loader_args["multiprocessing_context"] = loader_start_method()
     generator = torch.Generator().manual_seed(seed + rank)
     train = DataLoader(
         bundle.train,
@@ -223,17 +219,3 @@ def build_loaders(
         **loader_args,
     )
     return train, val, sampler
-
-
-def _worker_context() -> str:
-    """forkserver where available: forking a process that already runs torch's threads can hang.
-
-    Under Hydra's joblib launcher the job runs in a loky worker whose start method is "loky", a
-    name that does not exist in the children DataLoader starts: they die in multiprocessing's
-    ``prepare()`` ("DataLoader worker exited unexpectedly", hydra#964). Reset it to spawn.
-    """
-    import multiprocessing as mp
-
-    if mp.get_start_method(allow_none=True) == "loky":
-        mp.set_start_method("spawn", force=True)
-    return "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"

@@ -137,17 +137,6 @@ def build_model(cfg: Any, num_classes: int | None = None) -> nn.Module:
 
 
 def compile_model(model: nn.Module) -> nn.Module:
-    """``torch.compile(model)``, set up so the memory-efficient layers compile without breaks.
-
-    Their backward for activations without a hand-written derivative (PReLU, Swish, GELU, Mish)
-    calls ``torch.autograd.grad``. Dynamo traces an autograd.Function's backward along with its
-    forward and by default breaks the graph at that call; a break inside the dense block's loop
-    sends the whole frame to eager, and every dense layer then recompiles for its own number of
-    inputs until the cache limit leaves the rest eager too. ``trace_autograd_ops`` lets dynamo
-    trace the call (torch 2.14: no breaks, same gradients). It is process-wide, and only widens
-    what dynamo traces. Older torch without the flag: compiled with the breaks, as before.
-    """
-    config = torch._dynamo.config
-    if hasattr(config, "trace_autograd_ops"):
-        config.trace_autograd_ops = True
+    """``torch.compile(model)``. Call ``process.configure_compiler()`` once first (the engine's
+    rank start-up does): it lets the memory-efficient layers compile without graph breaks."""
     return torch.compile(model)

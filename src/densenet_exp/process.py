@@ -1,0 +1,87 @@
+"""Process-wide settings, made in one place: threads, start methods, compiler flags.
+
+Each is set once, where a process starts its work: a job (``share_cores_between_jobs``), the ranks
+it launches (``threads_for_launched_ranks``), a rank (``configure_rank``), a loader worker
+(``loader_worker_init``). Model and data code never change the process they run in; they ask
+here what they may use (``cores_per_rank``, ``loader_start_method``).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+
+import torch
+
+# Set by the entry point when a launcher runs several jobs side by side on one machine (joblib):
+# each job's share of the cores, inherited by the ranks it starts.
+JOB_CORES_ENV = "DENSENET_EXP_JOB_CORES"
+
+
+def job_cores() -> int:
+    """The cores this job may use: its share under a parallel launcher, else the process's."""
+    shared = os.environ.get(JOB_CORES_ENV)
+    if shared:
+        return max(1, int(shared))
+    try:
+        return len(os.sched_getaffinity(0))  # honours taskset / cgroup cpusets, as torch does
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def cores_per_rank(local_world_size: int) -> int:
+    """The cores of one rank: the job's cores split between the ranks on this machine."""
+    return max(1, job_cores() // max(1, local_world_size))
+
+
+def share_cores_between_jobs(n_jobs: int) -> None:
+    """Several jobs side by side in their own processes (joblib): each gets its share."""
+    threads = max(1, job_cores() // n_jobs)
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    os.environ[JOB_CORES_ENV] = str(threads)  # loader workers and ranks split this share
+
+
+def threads_for_launched_ranks(nproc: int) -> None:
+    """torch's ``LaunchConfig``, unlike torchrun, leaves OMP_NUM_THREADS alone: split the cores."""
+    os.environ.setdefault("OMP_NUM_THREADS", str(cores_per_rank(nproc)))
+
+
+def configure_rank(local_world_size: int, device: torch.device, compile: bool = False) -> None:
+    """A rank's process, at its start: its threads, a usable start method, compiler flags."""
+    if device.type == "cpu" and local_world_size > 1:
+        # ranks on one machine share its cores; torch would otherwise give each all of them
+        torch.set_num_threads(cores_per_rank(local_world_size))
+    # Under Hydra's joblib launcher the job runs in a loky worker whose start method is "loky", a
+    # name that does not exist in the children DataLoader starts: they die in multiprocessing's
+    # ``prepare()`` ("DataLoader worker exited unexpectedly", hydra#964). Reset it to spawn.
+    if mp.get_start_method(allow_none=True) == "loky":
+        mp.set_start_method("spawn", force=True)
+    if compile:
+        configure_compiler()
+
+
+def configure_compiler() -> None:
+    """Let dynamo trace the ``torch.autograd.grad`` the memory-efficient layers' backward uses.
+
+    Their backward for activations without a hand-written derivative (PReLU, Swish, GELU, Mish)
+    calls ``torch.autograd.grad``. Dynamo traces an autograd.Function's backward along with its
+    forward and by default breaks the graph at that call; a break inside the dense block's loop
+    sends the whole frame to eager, and every dense layer then recompiles for its own number of
+    inputs until the cache limit leaves the rest eager too. ``trace_autograd_ops`` lets dynamo
+    trace the call (torch 2.14: no breaks, same gradients). It is process-wide, and only widens
+    what dynamo traces. Older torch without the flag: compiled with the breaks, as before.
+    """
+    config = torch._dynamo.config
+    if hasattr(config, "trace_autograd_ops"):
+        config.trace_autograd_ops = True
+
+
+def loader_worker_init(worker_id: int) -> None:
+    """A DataLoader worker's process: one thread (the rank's intra-op threads do the compute)."""
+    torch.set_num_threads(1)
+
+
+def loader_start_method() -> str:
+    """forkserver where available: forking a process that already runs torch's threads can hang."""
+    return "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
