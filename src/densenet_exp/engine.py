@@ -41,8 +41,8 @@ from .models import (
     min_input_size,
 )
 from .models.cost import count_macs
-from .models.densenet import check_state_dict
 from .models.sync_batchnorm import convert_sync_batchnorm
+from .models.weights import check_state_dict
 from .optim import build_optimizer, build_scheduler
 from .precision import Precision
 from .process import configure_rank, cores_per_rank

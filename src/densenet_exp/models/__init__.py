@@ -14,8 +14,11 @@ import torch
 from torch import nn
 
 from .architecture import ArchitectureError, check_options, resolve_block_config
-from .densenet import (
-    DenseNet,
+from .densenet import DenseNet
+from .fast import DenseNet as FastDenseNet
+from .layers import count_parameters, is_custom
+from .weights import load_pretrained
+from .zoo import (
     densenet121,
     densenet161,
     densenet169,
@@ -23,10 +26,7 @@ from .densenet import (
     densenet264,
     densenet_bc,
     densenet_cifar,
-    load_pretrained,
 )
-from .fast import DenseNet as FastDenseNet
-from .layers import count_parameters, is_custom
 
 __all__ = [
     "ArchitectureError",

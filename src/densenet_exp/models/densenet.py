@@ -14,9 +14,7 @@ tested equal to this one.
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,7 +22,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from torch import Tensor, nn
 
-from .architecture import check_options, cifar_block_config
+from .architecture import check_options
 from .init import init_weights
 from .layers import ActFactory, act_factory, make_conv
 
@@ -294,119 +292,3 @@ class DenseNet(nn.Module):
         features = self.features(x)
         out = F.adaptive_avg_pool2d(features, 1).flatten(1)
         return self.classifier(out)
-
-
-# torchvision's old checkpoints name BN params "norm.1"/"relu.1"/"conv.1" instead of "norm1"...
-_OLD_KEY = re.compile(
-    r"^(.*denselayer\d+\.(?:norm|relu|conv))\."
-    r"((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
-)
-
-
-def convert_torchvision_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Rename old-style torchvision keys (``norm.1.weight`` -> ``norm1.weight``)."""
-    out = {}
-    for key, value in state_dict.items():
-        m = _OLD_KEY.match(key)
-        out[m.group(1) + m.group(2) if m else key] = value
-    return out
-
-
-def check_state_dict(
-    own: dict[str, Tensor], state: dict[str, Tensor], what: str, skip: Sequence[str] = ()
-) -> None:
-    """Raise naming the missing, unexpected and mis-shaped keys, if any: a wrong architecture
-    must not load silently. ``skip`` are keys the caller replaces on purpose."""
-    missing = sorted(k for k in own if k not in state and k not in skip)
-    unexpected = sorted(k for k in state if k not in own)
-    shapes = sorted(k for k in state if k in own and state[k].shape != own[k].shape)
-    if missing or unexpected or shapes:
-        raise RuntimeError(
-            f"{what} does not match this architecture (it is of a different architecture): "
-            f"missing keys {missing[:8]}, "
-            f"unexpected keys {unexpected[:8]}, shape mismatches {shapes[:8]}"
-        )
-
-
-def load_pretrained(model: DenseNet, path: str | Path) -> list[str]:
-    """Load a local torchvision-format state dict; returns the keys left at their init.
-
-    A classifier of a different class count is replaced (kept at its fresh init). Any other
-    mismatch is an error that names the keys, so a wrong architecture cannot load silently.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model.pretrained: no such file: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a pickle that is not plain tensors, or a corrupt file
-        raise RuntimeError(f"model.pretrained: cannot load {path} safely: {e}") from e
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]  # one of our own checkpoints
-    state = convert_torchvision_state_dict(state)
-    own = model.state_dict()
-    skipped = []
-    for key in ("classifier.weight", "classifier.bias"):
-        if key in state and state[key].shape != own[key].shape:
-            del state[key]
-            skipped.append(key)
-    check_state_dict(own, state, f"model.pretrained {path}", skip=skipped)
-    model.load_state_dict(state, strict=False)
-    return skipped
-
-
-def _densenet(
-    growth_rate: int,
-    block_config: Sequence[int],
-    num_init_features: int,
-    impl: str = "fast",
-    **kwargs: Any,
-) -> DenseNet:
-    """The network of ``impl``: ``fast`` (models/fast, the default) or ``plain`` (this file)."""
-    if impl == "plain":
-        return DenseNet(growth_rate, block_config, num_init_features, **kwargs)
-    if impl == "fast":
-        from .fast import DenseNet as FastDenseNet  # fast builds on this module
-
-        return FastDenseNet(growth_rate, block_config, num_init_features, **kwargs)
-    raise ValueError(f"unknown model.impl {impl!r}; valid choices: fast, plain")
-
-
-def densenet121(num_classes: int = 1000, **options: Any) -> DenseNet:
-    return _densenet(32, (6, 12, 24, 16), 64, num_classes=num_classes, **options)
-
-
-def densenet161(num_classes: int = 1000, **options: Any) -> DenseNet:
-    return _densenet(48, (6, 12, 36, 24), 96, num_classes=num_classes, **options)
-
-
-def densenet169(num_classes: int = 1000, **options: Any) -> DenseNet:
-    return _densenet(32, (6, 12, 32, 32), 64, num_classes=num_classes, **options)
-
-
-def densenet201(num_classes: int = 1000, **options: Any) -> DenseNet:
-    return _densenet(32, (6, 12, 48, 32), 64, num_classes=num_classes, **options)
-
-
-def densenet264(num_classes: int = 1000, **options: Any) -> DenseNet:
-    return _densenet(32, (6, 12, 64, 48), 64, num_classes=num_classes, **options)
-
-
-def densenet_bc(
-    depth: int = 100, growth_rate: int = 12, num_classes: int = 10, **options: Any
-) -> DenseNet:
-    """CIFAR DenseNet-BC: 3 blocks of (depth - 4) / 6 bottleneck layers, 3x3 stem of 2k maps."""
-    blocks = cifar_block_config(depth, bottleneck=True, prefix="")
-    options.setdefault("stem", "cifar")
-    return _densenet(growth_rate, blocks, 2 * growth_rate, num_classes=num_classes, **options)
-
-
-def densenet_cifar(
-    depth: int = 40, growth_rate: int = 12, num_classes: int = 10, **options: Any
-) -> DenseNet:
-    """The paper's CIFAR DenseNet without B or C: (depth - 4) / 3 basic layers per block, a 3x3
-    stem of 16 maps, transitions that keep every map (Huang et al. 2017, Table 2)."""
-    blocks = cifar_block_config(depth, bottleneck=False, prefix="")
-    options.setdefault("stem", "cifar")
-    options.setdefault("compression", 1.0)
-    return _densenet(growth_rate, blocks, 16, num_classes=num_classes, bottleneck=False, **options)
