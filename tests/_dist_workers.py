@@ -120,13 +120,14 @@ def eval_worker(rank: int, world: int, port: int, out: str) -> None:
 def failing_rank(cfg: dict, run_dir: str) -> dict:
     """A real rank whose evaluation raises on rank 1 while rank 0 waits in the all-reduce."""
     from densenet_exp import engine
+    from densenet_exp.engine import loop
 
     if os.environ.get("RANK") == "1":
 
         def broken(*args, **kwargs):
             raise ValueError("injected failure in rank 1")
 
-        engine.evaluate = broken
+        loop.evaluate = broken  # what fit's validation calls
     return engine.run_rank(cfg, run_dir)
 
 

@@ -1,0 +1,97 @@
+"""What stops a run early: a signal (preemption, Ctrl-C) and a loss that stays non-finite."""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import distributed as du
+
+log = logging.getLogger("densenet_exp")
+
+SIGNAL_CHECK_EVERY = 10  # steps between the ranks' agreement on a received signal (DDP only)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training diverged: the loss stayed inf/nan for ``trainer.max_nonfinite_steps`` steps."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGTERM/SIGINT: the current step finished and ``last.pt`` was written."""
+
+
+class StopSignal:
+    """First SIGTERM/SIGINT: ask the loop to stop after this step. Second: default action (exit)."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignal:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = signal.Signals(signum).name
+        log.warning("%s: stopping after this step (send it again to stop at once)", self.received)
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def requested(self, ctx: du.DistContext, step: int) -> bool:
+        """Whether any rank got a signal. Under DDP that is a collective plus a host sync, so
+        the ranks agree every ``SIGNAL_CHECK_EVERY`` steps, not every step."""
+        if not ctx.distributed:
+            return self.received is not None
+        if step % SIGNAL_CHECK_EVERY:
+            return False
+        flag = torch.tensor([1.0 if self.received else 0.0], device=ctx.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def interrupted(self, step: int, epoch: int, ckpt_dir: Path) -> TrainingInterrupted:
+        return TrainingInterrupted(
+            f"{self.received or 'a signal on another rank'}: stopped at step {step} (epoch "
+            f"{epoch}) after writing {ckpt_dir / 'last.pt'}; continue with trainer.resume=auto"
+        )
+
+
+class LossGuard:
+    """Counts consecutive non-finite losses; raises after ``limit`` of them.
+
+    The loop hands it each step's loss one step late, so checking never waits for the device.
+    """
+
+    def __init__(self, limit: int, ckpt_dir: Path) -> None:
+        self.limit, self.ckpt_dir = limit, ckpt_dir
+        self.streak = 0
+
+    def check(self, loss: torch.Tensor, step: int) -> None:
+        if math.isfinite(loss.item()):
+            self.streak = 0
+            return
+        self.streak += 1
+        log.warning("non-finite loss (%s) at step %d (%d in a row)", loss.item(), step, self.streak)
+        if self.streak >= self.limit:
+            last = self.ckpt_dir / "last.pt"
+            raise NonFiniteLossError(
+                f"loss was non-finite for {self.streak} consecutive steps, last at step {step}; "
+                f"training stopped. Last good checkpoint: "
+                f"{last if last.is_file() else 'none written yet'}. "
+                "Lower optim.lr, enable trainer.grad_clip, or use a loss-scaled amp level."
+            )
+
+    @property
+    def healthy(self) -> bool:
+        return self.streak == 0
