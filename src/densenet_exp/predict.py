@@ -28,6 +28,7 @@ from .checkpoint import CheckpointError, load_checkpoint, model_weights
 from .data.imagefolder import DECODE_ERRORS, log_ignored, visible_files
 from .data.transforms import build_transform, load_image
 from .distributed import resolve_device
+from .export import export_checked
 from .models import build_model
 from .precision import Precision
 
@@ -224,36 +225,6 @@ def _table(rows: list[dict[str, Any]], width: int = 3) -> str:
     return "\n".join(lines)
 
 
-def export_model(model: nn.Module, kind: str, path: Path, example: torch.Tensor) -> float:
-    """Write a TorchScript or ONNX file and return its max abs difference to the eager model."""
-    model = model.float().eval()
-    example = example.float()
-    with torch.no_grad():
-        reference = model(example)
-        if kind == "torchscript":
-            traced = torch.jit.trace(model, example)
-            traced.save(str(path))
-            got = torch.jit.load(str(path))(example)
-        elif kind == "onnx":
-            try:
-                import onnxruntime
-            except ImportError as e:
-                raise RuntimeError("export=onnx needs the onnx and onnxruntime packages") from e
-            torch.onnx.export(
-                model,
-                (example,),
-                str(path),
-                input_names=["images"],
-                output_names=["logits"],
-                dynamic_axes={"images": {0: "batch"}},
-            )
-            session = onnxruntime.InferenceSession(str(path))
-            got = torch.from_numpy(session.run(None, {"images": example.numpy()})[0])
-        else:
-            raise ValueError(f"unknown export {kind!r}; valid choices: torchscript, onnx")
-    return float((got - reference).abs().max())
-
-
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     argv = sys.argv[1:] if argv is None else argv
@@ -302,35 +273,28 @@ def main(argv: list[str] | None = None) -> int:
         write_output(rows, cfg.output, min(cfg.topk, len(classes)))
         print(f"wrote {cfg.output}")
     if cfg.evaluate:
-        result = evaluate_folder(rows, Path(cfg.input).expanduser(), classes)
-        print(
-            f"\nevaluated {result['images']} images: "
-            f"top1 {result['top1']:.4f} top5 {result['top5']:.4f}"
-        )
-        print("confusion matrix (rows: true class, columns: predicted):")
-        width = max(len(c) for c in classes)
-        print(" " * (width + 1) + " ".join(f"{c:>{width}}" for c in classes))
-        for c, counts in zip(classes, result["confusion"].tolist()):
-            print(f"{c:>{width}} " + " ".join(f"{v:>{width}}" for v in counts))
+        _print_evaluation(evaluate_folder(rows, Path(cfg.input).expanduser(), classes), classes)
     if cfg.export:
-        good = [Path(r["path"]) for r in rows if not r["error"]][:4]
-        if not good:
-            print("error: export needs at least one readable input image", file=sys.stderr)
-            return 2
-        example = torch.stack([transform(load_image(str(p))) for p in good]).to(device)
-        suffix = {"torchscript": ".pt", "onnx": ".onnx"}.get(cfg.export, "")
-        out = Path(cfg.export_path or Path(cfg.checkpoint).with_suffix(f".{cfg.export}{suffix}"))
-        diff = export_model(model, cfg.export, out, example)
-        print(
-            f"exported {cfg.export} to {out}; "
-            f"max |exported - eager| on {len(good)} images: {diff:.2e}"
+        code = export_checked(
+            model, cfg.export, cfg.checkpoint, cfg.export_path, rows, transform, device
         )
-        if diff > 1e-3:
-            print("error: the exported model does not match the eager model", file=sys.stderr)
-            return 1
+        if code:
+            return code
     if failed:
         print(f"{failed} of {len(rows)} file(s) could not be read", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _print_evaluation(result: dict[str, Any], classes: Sequence[str]) -> None:
+    print(
+        f"\nevaluated {result['images']} images: "
+        f"top1 {result['top1']:.4f} top5 {result['top5']:.4f}"
+    )
+    print("confusion matrix (rows: true class, columns: predicted):")
+    width = max(len(c) for c in classes)
+    print(" " * (width + 1) + " ".join(f"{c:>{width}}" for c in classes))
+    for c, counts in zip(classes, result["confusion"].tolist()):
+        print(f"{c:>{width}} " + " ".join(f"{v:>{width}}" for v in counts))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ tested equal to this one.
 from __future__ import annotations
 
 import contextlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -245,20 +246,7 @@ class DenseNet(nn.Module):
         self.stem = stem
         self.memory_efficient = memory_efficient
 
-        self.features = nn.Sequential()
-        if stem == "imagenet":
-            self.features.add_module(
-                "conv0", nn.Conv2d(3, num_init_features, 7, stride=2, padding=3, bias=False)
-            )
-            self.features.add_module("norm0", nn.BatchNorm2d(num_init_features))
-            self.features.add_module("act0", make_act(num_init_features, inplace=True))
-            self.features.add_module("pool0", nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
-        elif stem == "cifar":
-            self.features.add_module(
-                "conv0", nn.Conv2d(3, num_init_features, 3, stride=1, padding=1, bias=False)
-            )
-        else:
-            raise ValueError(f"unknown stem {stem!r}; valid choices: imagenet, cifar")
+        self.features = _stem(stem, num_init_features, make_act)
 
         num_features = num_init_features
         for i, num_layers in enumerate(block_config):
@@ -292,3 +280,21 @@ class DenseNet(nn.Module):
         features = self.features(x)
         out = F.adaptive_avg_pool2d(features, 1).flatten(1)
         return self.classifier(out)
+
+
+def _stem(stem: str, num_init_features: int, act: ActFactory) -> nn.Sequential:
+    """``imagenet``: 7x7/s2 conv, BN, act, 3x3/s2 max-pool; ``cifar``: one 3x3/s1 conv."""
+    if stem == "imagenet":
+        return nn.Sequential(
+            OrderedDict(
+                conv0=nn.Conv2d(3, num_init_features, 7, stride=2, padding=3, bias=False),
+                norm0=nn.BatchNorm2d(num_init_features),
+                act0=act(num_init_features, inplace=True),
+                pool0=nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+            )
+        )
+    if stem == "cifar":
+        return nn.Sequential(
+            OrderedDict(conv0=nn.Conv2d(3, num_init_features, 3, stride=1, padding=1, bias=False))
+        )
+    raise ValueError(f"unknown stem {stem!r}; valid choices: imagenet, cifar")

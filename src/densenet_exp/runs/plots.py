@@ -62,46 +62,22 @@ def pareto_front(points: list[tuple[float, float]], cost_lower_is_better: bool) 
 
 def summary_plot(configs: list[Configuration], path: Path, cost: str = "macs") -> None:
     """Left: val top-1 per epoch, mean line and +-std band per configuration. Right: final val
-    top-1 (mean, 95% CI bars) against the chosen cost, the Pareto front joined, the baseline
+    top-1 (mean, 95% CI bars) against the chosen cost, the Pareto front ringed, the baseline
     drawn as a star."""
     if cost not in COSTS:
         raise ValueError(f"unknown cost {cost!r}; valid choices: {', '.join(COSTS)}")
-    key, scale, xlabel = COSTS[cost]
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5.5))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    points, labels = [], []
+    points = []
     for n, config in enumerate(configs):
         colour = colours[n % len(colours)]
-        label = config.label + (" (baseline)" if config.baseline else "")
-        curve = _curve(config)
-        if curve is not None:
-            epochs, mean, std = curve
-            left.plot(epochs, mean, color=colour, lw=2.2 if config.baseline else 1.4, label=label)
-            left.fill_between(epochs, mean - std, mean + std, color=colour, alpha=0.15)
-        iv, x = config.spread("final_val_top1"), config.cost(key)
-        if x is None or math.isnan(iv.mean):
-            continue
-        x *= scale
-        err = [[iv.mean - iv.low], [iv.high - iv.mean]]
-        right.errorbar(
-            x,
-            iv.mean,
-            yerr=err,
-            fmt="*" if config.baseline else "o",
-            markersize=14 if config.baseline else 6,
-            color=colour,
-            capsize=3,
-        )
-        right.annotate(
-            f"{label} (n={iv.n})",
-            (x, iv.mean),
-            fontsize=7,
-            xytext=(4, 4),
-            textcoords="offset points",
-        )
-        points.append((x, iv.mean))
-        labels.append(label)
+        _curve_band(left, config, colour)
+        point = _cost_point(right, config, colour, cost)
+        if point is not None:
+            points.append(point)
     if points:
         # ringed and joined: no other configuration is both cheaper and more accurate
         front = pareto_front(points, cost_lower_is_better=cost == "macs")
@@ -117,9 +93,9 @@ def summary_plot(configs: list[Configuration], path: Path, cost: str = "macs") -
         )
         right.legend(fontsize=7, loc="lower right")
     left.set(xlabel="epoch", ylabel="val top-1", title="validation top-1: mean ± std over seeds")
-    right.set(xlabel=xlabel, ylabel="final val top-1", title="accuracy (mean, 95% CI) vs cost")
-    from matplotlib.ticker import MaxNLocator
-
+    right.set(
+        xlabel=COSTS[cost][2], ylabel="final val top-1", title="accuracy (mean, 95% CI) vs cost"
+    )
     left.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in (left, right):
         ax.grid(alpha=0.3)
@@ -128,6 +104,43 @@ def summary_plot(configs: list[Configuration], path: Path, cost: str = "macs") -
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _label(config: Configuration) -> str:
+    return config.label + (" (baseline)" if config.baseline else "")
+
+
+def _curve_band(ax: Any, config: Configuration, colour: str) -> None:
+    curve = _curve(config)
+    if curve is None:
+        return
+    epochs, mean, std = curve
+    width = 2.2 if config.baseline else 1.4
+    ax.plot(epochs, mean, color=colour, lw=width, label=_label(config))
+    ax.fill_between(epochs, mean - std, mean + std, color=colour, alpha=0.15)
+
+
+def _cost_point(
+    ax: Any, config: Configuration, colour: str, cost: str
+) -> tuple[float, float] | None:
+    """The configuration's (cost, mean final top-1) with its CI bar; None without both."""
+    key, scale, _ = COSTS[cost]
+    iv, x = config.spread("final_val_top1"), config.cost(key)
+    if x is None or math.isnan(iv.mean):
+        return None
+    x *= scale
+    ax.errorbar(
+        x,
+        iv.mean,
+        yerr=[[iv.mean - iv.low], [iv.high - iv.mean]],
+        fmt="*" if config.baseline else "o",
+        markersize=14 if config.baseline else 6,
+        color=colour,
+        capsize=3,
+    )
+    label = f"{_label(config)} (n={iv.n})"
+    ax.annotate(label, (x, iv.mean), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    return x, iv.mean
 
 
 def compare_plot(comparisons: list[Any], path: Path) -> None:
