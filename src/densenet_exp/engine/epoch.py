@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .. import distributed as du
 from .build import Components
@@ -41,13 +41,7 @@ def train_one_epoch(
     tr, device = cfg["trainer"], ctx.device
     ddp_model, train_model = models
     guard, stop_signal = guards
-    skip = st.batch_in_epoch if epoch == st.epoch else 0
-    batch_size = int(c.data_cfg["batch_size"])
-    c.sampler.set_epoch(epoch)
-    c.sampler.set_start(skip * batch_size)
-    if hasattr(c.bundle.train, "set_epoch"):  # per-sample augmentation from (seed, epoch, index)
-        c.bundle.train.set_epoch(epoch)
-    ddp_model.train()
+    skip = _start_epoch(c, ddp_model, st, epoch)
     resumed = skip > 0
     loss_sum = torch.full((), st.partial[0] if resumed else 0.0, device=device)
     loss_count = st.partial[1] if resumed else 0
@@ -58,11 +52,7 @@ def train_one_epoch(
     for batch_idx, batch in enumerate(_progress(c.train_loader, epoch, cfg, ctx), start=skip):
         if batch is None:  # every image of this batch failed to decode
             continue
-        x, y = batch
-        x = c.precision.cast_input(x.to(device, non_blocking=True))
-        if c.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = y.to(device, non_blocking=True)
+        x, y = _to_device(c, batch, device)
         micro += 1
         last_micro = micro % c.accum == 0
         sync = ddp_model.no_sync() if ctx.distributed and not last_micro else nullcontext()
@@ -106,6 +96,25 @@ def train_one_epoch(
     if pending is not None:
         guard.check(pending, st.global_step)
     return EpochResult(loss_sum, loss_count, images, reached_max_steps)
+
+
+def _start_epoch(c: Components, ddp_model: nn.Module, st: TrainState, epoch: int) -> int:
+    """Position the sampler and the augmentation on ``epoch``; returns the batches to skip."""
+    skip = st.batch_in_epoch if epoch == st.epoch else 0
+    c.sampler.set_epoch(epoch)
+    c.sampler.set_start(skip * int(c.data_cfg["batch_size"]))
+    if hasattr(c.bundle.train, "set_epoch"):  # per-sample augmentation from (seed, epoch, index)
+        c.bundle.train.set_epoch(epoch)
+    ddp_model.train()
+    return skip
+
+
+def _to_device(c: Components, batch: Any, device: torch.device) -> tuple[Tensor, Tensor]:
+    x, y = batch
+    x = c.precision.cast_input(x.to(device, non_blocking=True))
+    if c.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y.to(device, non_blocking=True)
 
 
 def _progress(loader: Any, epoch: int, cfg: dict[str, Any], ctx: du.DistContext) -> Any:
