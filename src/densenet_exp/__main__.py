@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import hydra
@@ -11,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import train
 from .config import config_dir
-from .overrides import NOT_IN_JOB_NAMES, override_key, override_value
+from .overrides import NOT_IN_JOB_NAMES, override_key, override_value, sweep_record
 
 log = logging.getLogger("densenet_exp")
 
@@ -27,11 +26,9 @@ def _swept_keys(sweep_dir: str | None, sweeper_params: Any) -> set[str]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     swept = {str(k) for k in (sweeper_params or {})}
-    record = Path(sweep_dir) / "multirun.yaml" if sweep_dir else None
-    if record is not None and record.is_file():
-        import yaml  # plain YAML: the record's strings are read as written, nothing resolved
-
-        hydra_node = (yaml.safe_load(record.read_text()) or {}).get("hydra", {})
+    record = sweep_record(sweep_dir)
+    if record is not None:
+        hydra_node = record.get("hydra", {})
         raw = [str(o) for o in (hydra_node.get("overrides", {}).get("task") or [])]
         params = hydra_node.get("sweeper", {}).get("params") or {}
         raw += [f"{k}={v}" for k, v in params.items()]

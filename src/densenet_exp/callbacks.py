@@ -21,14 +21,15 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Summarize ``hydra.sweep.dir``; exit 1 naming the failed jobs, if any."""
-        from .runs import write_compare, write_summary
+        from .runs import find_runs, write_compare, write_summary
 
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
-        rows = write_summary(sweep_dir)
+        runs = find_runs(sweep_dir)  # read once for both
+        rows = write_summary(sweep_dir, runs=runs)
         log.info("sweep summary: %s (%d jobs)", sweep_dir / "summary.md", len(rows))
-        comparisons, text = write_compare([sweep_dir], sweep_dir)
+        comparisons, text = write_compare([sweep_dir], sweep_dir, runs=runs)
         if comparisons:
             log.info("comparison with the baseline (%s):\n%s", sweep_dir / "compare.md", text)
         failed = [r["job"] for r in rows if r["status"] not in ("ok",)]

@@ -6,6 +6,13 @@ them, and ``runs`` groups runs into configurations: all three read overrides wit
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+# What Hydra's basic sweeper writes into the sweep folder before any job starts: the sweep's
+# config, composed without the swept values, with the command line's raw overrides.
+SWEEP_RECORD = "multirun.yaml"
+
 # Keys that never name a sweep job's folder: the seed goes last as ``seed=N`` when it is swept;
 # presets and resume say nothing about what a job trains.
 NOT_IN_JOB_NAMES = ("trainer.seed", "trainer.resume", "experiment", "hparams_search")
@@ -43,3 +50,15 @@ def replace_keys(saved: list[str], new: list[str]) -> list[str]:
     """``saved`` with every key that ``new`` sets replaced by ``new``'s (appended last)."""
     new_keys = {override_key(o) for o in new}
     return [o for o in saved if override_key(o) not in new_keys] + list(new)
+
+
+def sweep_record(sweep_dir: str | Path | None) -> dict[str, Any] | None:
+    """``<sweep>/multirun.yaml`` as plain YAML (nothing resolved), or None where there is none."""
+    if not sweep_dir:
+        return None
+    path = Path(sweep_dir) / SWEEP_RECORD
+    if not path.is_file():
+        return None
+    import yaml
+
+    return yaml.safe_load(path.read_text()) or {}

@@ -164,18 +164,18 @@ def write_compare(
     out_dir: str | Path | None,
     baseline: str | None = None,
     plot: bool = True,
+    runs: list[Run] | None = None,
 ) -> tuple[list[dict[str, Any]], str]:
-    """Compare the configurations of every run under ``paths``; write compare.* to ``out_dir``.
-
-    Returns the rows and the markdown text (printed by the CLI).
+    """Compare the configurations of every run under ``paths`` (or of ``runs``, already read);
+    write compare.* to ``out_dir``. Returns the rows and the markdown text (printed by the CLI).
     """
-    runs: list[Run] = []
-    seen: set[Path] = set()
-    for p in paths:
-        for run in find_runs(p):
-            if run.path.resolve() not in seen:
-                seen.add(run.path.resolve())
-                runs.append(run)
+    if runs is None:
+        runs, seen = [], set()
+        for p in paths:
+            for run in find_runs(p):
+                if run.path.resolve() not in seen:
+                    seen.add(run.path.resolve())
+                    runs.append(run)
     configs = configurations(runs)
     comparisons = compare(configs, baseline)
     rows = comparison_rows(comparisons)

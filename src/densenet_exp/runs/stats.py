@@ -99,6 +99,8 @@ def paired_bootstrap(
         )
     rng = np.random.default_rng(seed)
     n_img = a.shape[1]
+    # the (images, chunk) weights stay under ~32 MB however large the validation set
+    chunk = max(1, min(chunk, 4_000_000 // max(1, n_img)))
     diffs = np.empty(resamples)
     for start in range(0, resamples, chunk):
         m = min(chunk, resamples - start)

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from ..overrides import override_key, override_value
+from ..overrides import override_key, override_value, sweep_record
 from .records import GROUPS, METRICS, Run, find_runs
 from .stats import Interval, mean_ci
 
@@ -146,12 +146,11 @@ def is_default(override: str, choices: dict[str, Any], config: dict[str, Any]) -
 
 
 def _sweep_defaults(run: Run) -> tuple[dict[str, Any], dict[str, Any]]:
-    record = run.path.parent / "multirun.yaml"
-    if record.is_file():
-        cfg = yaml.safe_load(record.read_text()) or {}
-        choices = (cfg.get("hydra", {}).get("runtime", {}) or {}).get("choices", {}) or {}
-        return choices, cfg
-    return default_choices(), {}
+    cfg = sweep_record(run.path.parent)
+    if cfg is None:
+        return default_choices(), {}
+    choices = (cfg.get("hydra", {}).get("runtime", {}) or {}).get("choices", {}) or {}
+    return choices, cfg
 
 
 def mark_baseline(configs: list[Configuration], name: str | None) -> Configuration | None:
@@ -227,13 +226,15 @@ def config_markdown(rows: list[dict[str, Any]]) -> list[str]:
     return markdown(columns, shown)
 
 
-def write_summary(root: str | Path, plot: bool = True, cost: str = "macs") -> list[dict[str, Any]]:
+def write_summary(
+    root: str | Path, plot: bool = True, cost: str = "macs", runs: list[Run] | None = None
+) -> list[dict[str, Any]]:
     """``summary.csv`` (per job), ``summary_by_config.csv``, ``summary.md`` and ``summary.png``.
 
     Returns the per-job rows.
     """
     root = Path(root)
-    runs = find_runs(root)
+    runs = find_runs(root) if runs is None else runs
     rows = summary_rows(runs)
     columns = ["job", "status"]
     columns += [g for g in GROUPS if any(g in r for r in rows)]
