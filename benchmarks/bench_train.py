@@ -23,7 +23,7 @@ that is the peak RSS above the RSS after setup, less the optimizer state the fir
 
 On CPU, RSS also counts what glibc's allocator keeps after tensors are freed (its heap only shrinks
 from the top), which varies by +-50 MB between identical runs and grows with fragmentation; our
-memory-efficient mode hands those pages back within a time budget (``models/heap.py``;
+memory-efficient mode hands those pages back within a time budget (``heap.py``;
 ``--no-heap-trim`` turns that off for an A/B). In the speed process, whose heap all models share,
 the trims' time budget counts our memory-efficient model's steps only, as if it ran alone. The
 "live" columns are the CPU counterpart of CUDA's ``max_memory_allocated``: the peak of the bytes
@@ -61,7 +61,7 @@ def _live_bytes_sampler():
     """A dispatch mode recording the peak of glibc's in-use bytes after every operator."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from densenet_exp.models import heap
+    from densenet_exp import heap
 
     if not heap.available():  # not glibc >= 2.33
         return None
@@ -104,12 +104,8 @@ def _build(spec: dict, impl: str, me: bool):
 
     sys.path.insert(0, str(ROOT / "src"))
     from densenet_exp import models
-    from densenet_exp.models import heap
     from densenet_exp.precision import Precision
-    from densenet_exp.process import configure_compiler
-
-    if not spec.get("heap_trim", True):
-        heap.SLACK_BYTES = None
+    from densenet_exp.process import configure_compiler, heap_trimmer
 
     device = torch.device(spec["device"])
     torch.backends.cudnn.benchmark = True
@@ -129,6 +125,8 @@ def _build(spec: dict, impl: str, me: bool):
     model.to(device)
     if spec["channels_last"]:
         model.to(memory_format=torch.channels_last)
+    if spec.get("heap_trim", True) and impl == "ours":  # as the engine does (trainer.heap_trim)
+        model.set_memory_hook(heap_trimmer(device))
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     amp = {
         "opt_level": spec["amp"],
@@ -167,8 +165,11 @@ def speed_worker(spec: dict) -> dict:
     """img/s of every (impl, memory_efficient) in spec["variants"], alternating single steps."""
     variants = [tuple(v) for v in spec["variants"]]
     steps = {v: _build(spec, *v)[0] for v in variants}
-    from densenet_exp.models import heap
+    import torch
 
+    from densenet_exp.process import heap_trimmer
+
+    trimmer = heap_trimmer(torch.device(spec["device"]))
     for _ in range(spec["warmup"]):
         for v in variants:
             steps[v]()
@@ -180,10 +181,10 @@ def speed_worker(spec: dict) -> dict:
             steps[v]()
             dt = time.perf_counter() - t
             times[v].append(dt)
-            if v != ("ours", True):
+            if v != ("ours", True) and trimmer is not None:
                 # the heap trims' time budget runs on our memory-efficient model's time alone,
                 # as in a process of its own, not on the other models' steps as well
-                heap.state.not_before += dt
+                trimmer.not_before += dt
     return {
         f"{impl}/{me}": {"img_per_s": spec["batch"] / statistics.median(ts), "step_s": ts}
         for (impl, me), ts in times.items()
@@ -216,9 +217,10 @@ def memory_worker(spec: dict) -> dict:
     state = sum(t.nbytes for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
     result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result["act_mb"] = result["peak_mb"] - base_rss - state / 2**20
-    from densenet_exp.models import heap
+    from densenet_exp.process import heap_trimmer
 
-    result["heap_trims"] = heap.state.trims
+    trimmer = heap_trimmer(torch.device(spec["device"]))
+    result["heap_trims"] = trimmer.trims if trimmer is not None else 0
     # live bytes in one more step, after the RSS peak is read: the sampler's polling thread holds
     # glibc's arena lock at times, which sends the step's allocations to a second arena
     sampler = _live_bytes_sampler()
@@ -261,7 +263,7 @@ def main() -> None:
     p.add_argument(
         "--no-heap-trim",
         action="store_true",
-        help="CPU: never trim the heap in memory-efficient mode (models/heap.py), for an A/B",
+        help="CPU: never trim the heap in memory-efficient mode (heap.py), for an A/B",
     )
     p.add_argument("--device", default="auto")
     p.add_argument(

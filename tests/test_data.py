@@ -87,7 +87,7 @@ def test_folder_without_val_is_split_by_class_with_a_fixed_seed(tmp_path):
 
 
 def test_digits_is_written_once_as_an_imagefolder_and_read_like_user_data(digits_root):
-    cfg = compose_cfg([f"data.root={digits_root}"])
+    cfg = compose_cfg([f"data.root={digits_root}", "data.cache=none"])  # the per-image path
     bundle = build_datasets(cfg.data)
     assert bundle.classes == [str(i) for i in range(10)]
     assert len(bundle.train) + len(bundle.val) == 1797
@@ -98,7 +98,8 @@ def test_digits_is_written_once_as_an_imagefolder_and_read_like_user_data(digits
 
 
 def test_train_augmentation_depends_only_on_seed_epoch_and_index(digits_root):
-    cfg = compose_cfg([f"data.root={digits_root}"])
+    # the per-image loader path (data.cache=none); the batched one: test_input_pipeline.py
+    cfg = compose_cfg([f"data.root={digits_root}", "data.cache=none"])
     a = build_datasets(cfg.data, seed=5).train
     b = build_datasets(cfg.data, seed=5).train
     torch.manual_seed(123)

@@ -17,7 +17,7 @@ from densenet_exp.models import (
     densenet_bc,
     load_pretrained,
 )
-from densenet_exp.models.fast import DenseNet, fused  # what trains by default (model.impl=fast)
+from densenet_exp.models.fast import DenseNet, slicing  # what trains by default (impl=fast)
 from densenet_exp.models.layers import DSConv
 from densenet_exp.models.sync_batchnorm import SyncBatchNorm
 from densenet_exp.process import configure_compiler
@@ -157,7 +157,7 @@ def test_kaiming_fan_out_gives_the_expected_spread():
 def sliced(request, monkeypatch) -> bool:
     """Run the memory-efficient backward (and forward) per sample instead of per batch."""
     if request.param:
-        monkeypatch.setattr(fused, "SLICE_ELEMENTS", 1)
+        monkeypatch.setattr(slicing, "SLICE_ELEMENTS", 1)
     return request.param
 
 

@@ -133,12 +133,13 @@ def test_num_workers_auto_takes_what_the_cores_allow_and_a_number_is_kept(monkey
 
 
 def test_the_loader_gets_the_resolved_worker_count(digits_root):
-    cfg = compose_cfg([f"data.root={digits_root}", "data.num_workers=auto"])
+    # the per-image path (a decoded split hands out whole batches, with no workers)
+    cfg = compose_cfg([f"data.root={digits_root}", "data.num_workers=auto", "data.cache=none"])
     bundle = build_datasets(cfg.data)
     cpu = torch.device("cpu")
     train_loader, val_loader, _ = build_loaders(bundle, cfg.data, 0, 1, 0, cpu, cores=2)
     assert train_loader.num_workers == val_loader.num_workers == 1
-    cfg = compose_cfg([f"data.root={digits_root}", "data.num_workers=0"])
+    cfg = compose_cfg([f"data.root={digits_root}", "data.num_workers=0", "data.cache=none"])
     assert build_loaders(bundle, cfg.data, 0, 1, 0, cpu, cores=16)[0].num_workers == 0
 
 

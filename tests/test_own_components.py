@@ -1,4 +1,5 @@
-"""A researcher's own conv and activation, from their own folder, without editing the package."""
+"""A researcher's own conv, activation and norm, from their own folder, without editing the
+package."""
 
 import csv
 import json
@@ -6,6 +7,7 @@ import subprocess
 import textwrap
 
 import pytest
+import torch
 from conftest import PYTHON, TINY, compose_cfg
 
 from densenet_exp.models import DenseNet, build_model
@@ -48,6 +50,18 @@ class ChannelScale(nn.Module):
 
     def forward(self, x):
         return torch.relu(x) * self.scale
+
+
+class ChannelRMSNorm(nn.Module):
+    """Each pixel's channel vector divided by its RMS, times a learned per-channel gain."""
+
+    def __init__(self, num_features, eps=1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(num_features, 1, 1))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(1, keepdim=True) + self.eps) * self.weight
 '''
 
 
@@ -56,6 +70,10 @@ def own_folder(tmp_path, monkeypatch):
     (tmp_path / "my_ideas.py").write_text(textwrap.dedent(MODULE))
     (tmp_path / "confs" / "conv").mkdir(parents=True)
     (tmp_path / "confs" / "act").mkdir()
+    (tmp_path / "confs" / "norm").mkdir()
+    (tmp_path / "confs" / "norm" / "rms.yaml").write_text(
+        "type: custom\n_target_: my_ideas.ChannelRMSNorm\nparams:\n  eps: 1.0e-6\n"
+    )
     (tmp_path / "confs" / "conv" / "ghost.yaml").write_text(
         "type: custom\n_target_: my_ideas.GhostConv\nparams:\n  ratio: 2\n"
     )
@@ -66,7 +84,7 @@ def own_folder(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_your_own_conv_and_activation_train_in_a_sweep_and_show_in_its_summary(own_folder):
+def test_your_own_conv_activation_and_norm_train_in_a_sweep_and_show_in_its_summary(own_folder):
     sweep = own_folder / "sweep"
     proc = subprocess.run(
         [
@@ -79,6 +97,7 @@ def test_your_own_conv_and_activation_train_in_a_sweep_and_show_in_its_summary(o
             *TINY,
             "conv=standard,ghost",
             "act=relu,squareplus",
+            "norm=batch,rms",
             f"hydra.sweep.dir={sweep}",
         ],
         cwd=own_folder,  # where my_ideas.py is importable from, as for a user
@@ -87,19 +106,34 @@ def test_your_own_conv_and_activation_train_in_a_sweep_and_show_in_its_summary(o
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = {(r["conv"], r["act"]): r for r in csv.DictReader((sweep / "summary.csv").open())}
-    assert set(rows) == {(c, a) for c in ("standard", "ghost") for a in ("relu", "squareplus")}
+    rows = {
+        (r["conv"], r["act"], r["norm"]): r for r in csv.DictReader((sweep / "summary.csv").open())
+    }
+    assert set(rows) == {
+        (c, a, n)
+        for c in ("standard", "ghost")
+        for a in ("relu", "squareplus")
+        for n in ("batch", "rms")
+    }
     assert {r["status"] for r in rows.values()} == {"ok"}
     # GhostConv has fewer parameters than the 3x3 conv it replaces
-    assert int(rows["ghost", "relu"]["params"]) < int(rows["standard", "relu"]["params"])
+    ghost, standard = rows["ghost", "relu", "batch"], rows["standard", "relu", "batch"]
+    assert int(ghost["params"]) < int(standard["params"])
+    # the RMS norm has a gain and no bias: one parameter per channel fewer than BatchNorm's two
+    assert int(rows["standard", "relu", "rms"]["params"]) < int(standard["params"])
     configs = [r["configuration"] for r in csv.DictReader((sweep / "summary_by_config.csv").open())]
-    assert "conv=ghost,act=squareplus" in configs
+    assert "conv=ghost,act=squareplus,norm=batch" in configs
+    assert "conv=ghost,act=squareplus,norm=rms" in configs
     compared = {r["configuration"] for r in csv.DictReader((sweep / "compare.csv").open())}
-    assert "conv=ghost,act=squareplus" in compared
-    job = next(sweep.glob("*conv=ghost,act=squareplus*"))
+    assert "conv=ghost,act=squareplus,norm=batch" in compared
+    assert "conv=ghost,act=squareplus,norm=rms" in compared
+    job = next(sweep.glob("*conv=ghost,act=squareplus,norm=batch*"))
     assert (
         "does not know my_ideas.GhostConv, my_ideas.Squareplus" in (job / "train.log").read_text()
     )
+    assert json.loads((job / "metrics.json").read_text())["status"] == "completed"
+    job = next(sweep.glob("*conv=standard,act=relu,norm=rms*"))
+    assert "does not know my_ideas.ChannelRMSNorm" in (job / "train.log").read_text()
     assert json.loads((job / "metrics.json").read_text())["status"] == "completed"
 
 
@@ -121,6 +155,26 @@ def test_your_own_modules_are_built_where_the_builtins_are_and_run_the_plain_way
     assert isinstance(layer.act1, my_ideas.ChannelScale)
     assert layer.act1.scale.shape[0] == layer.norm1.num_features  # num_channels was passed
     assert make_act(5, name="custom", _target_="my_ideas.Squareplus", params={"b": 1.0}).b == 1.0
+
+
+def test_your_own_norm_is_every_norm_of_the_network_and_gets_the_channel_count(own_folder):
+    import my_ideas
+
+    own = ["norm.type=custom", "norm._target_=my_ideas.ChannelRMSNorm"]
+    model = build_model(compose_cfg([*TINY, *own]), 4)
+    assert type(model) is DenseNet  # the plain network: the fast kernels assume BatchNorm
+    norms = [m for m in model.modules() if isinstance(m, my_ideas.ChannelRMSNorm)]
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    # TINY's cifar stem has no norm0: two per bottleneck layer (4), the transition's, norm5
+    assert len(norms) == 2 * 4 + 1 + 1
+    assert model.features.norm5.weight.shape[0] == model.num_features  # num_features=C
+    # a torch class that takes num_channels (GroupNorm) needs only its own parameters
+    group_norm = ["norm.type=custom", "norm._target_=torch.nn.GroupNorm"]
+    gn = build_model(compose_cfg([*TINY, *group_norm, "+norm.params.num_groups=2"]), 4)
+    layer = gn.features.denseblock1.denselayer1
+    assert isinstance(layer.norm1, torch.nn.GroupNorm) and layer.norm1.num_groups == 2
+    assert layer.norm1.num_channels == 8  # TINY's model.num_init_features
+    assert gn(torch.randn(2, 3, 8, 8)).shape == (2, 4)
 
 
 def test_custom_without_a_target_says_what_to_set():

@@ -88,6 +88,31 @@ def test_sigkill_mid_epoch_then_resume_equals_the_uninterrupted_run(tmp_path, ex
     assert metric_rows(straight) == metric_rows(killed)
 
 
+def test_sigkill_then_resume_is_exact_with_the_decoded_cache_and_device_augmentation(
+    tmp_path, digits_root
+):
+    args = [
+        *[o for o in TINY if not o.startswith("data.")],
+        "data=digits",
+        f"data.root={digits_root}",
+        "data.image_size=8",
+        "data.batch_size=8",
+        "data.cache=ram",  # and augment_on=auto: light, per image, on the batch
+        "trainer.max_steps=120",  # within the first epoch: the resume starts mid-epoch
+        "trainer.deterministic=true",
+        "trainer.ckpt_every_n_steps=5",
+    ]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert start(args, straight).wait(timeout=300) == 0
+    assert "train augmentation on the training device" in (straight / "train.log").read_text()
+    state = kill_after_first_checkpoint(start(args, killed), killed)
+    assert state["global_step"] % 5 == 0 and state["global_step"] < 120
+    resumed = start([*args, "trainer.resume=auto"], killed)
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()[-2000:]
+    assert_same_end(final_state(straight), final_state(killed))
+    assert metric_rows(straight) == metric_rows(killed)
+
+
 def test_sigterm_finishes_the_step_writes_last_and_exits_cleanly(tmp_path):
     run = tmp_path / "run"
     proc = start([*LONGER, "trainer.epochs=50", "trainer.ckpt_every_n_steps=1000"], run)

@@ -23,32 +23,30 @@ def _run_dir_from_hydra() -> Path | None:
 def train(cfg: Any, run_dir: str | Path | None = None) -> dict[str, Any]:
     """Run one training job on every rank it asks for and return rank 0's final metrics.
 
-    ``cfg`` is the composed config (DictConfig or nested dicts). The run directory defaults to
+    ``cfg`` is the composed config (DictConfig, nested dicts or a ``config.Config``); the ranks
+    receive it as the typed ``Config`` (``config.to_typed``). The run directory defaults to
     Hydra's output directory. With ``dist.nproc_per_node`` > 1 (or several nodes) the ranks are
     started here with torch's elastic launcher; under an external ``torchrun`` this process is
     already one rank and trains as such.
     """
-    from omegaconf import DictConfig, OmegaConf
-
     from . import distributed as du
+    from .config import to_typed
     from .engine import run_rank, spawned_rank
+    from .models import check_model_config
 
-    if isinstance(cfg, DictConfig):
-        cfg = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    cfg = to_typed(cfg)
     run_dir = Path(run_dir) if run_dir is not None else _run_dir_from_hydra()
     if run_dir is None:
         raise ValueError("train(cfg) needs run_dir when called outside a Hydra app")
     run_dir = run_dir.resolve()
-    from .models import check_model_config
-
-    check_model_config(cfg["model"])  # here, so a bad key fails once, before ranks start
+    check_model_config(cfg.model)  # here, so a bad key fails once, before ranks start
     _check_writable(run_dir)
-    device = du.resolve_device(cfg["trainer"]["device"])
-    nproc = du.nproc_per_node(cfg["dist"], device)
-    if du.under_external_launcher() or (nproc == 1 and int(cfg["dist"]["nnodes"]) == 1):
+    device = du.resolve_device(cfg.trainer.device)
+    nproc = du.nproc_per_node(cfg.dist, device)
+    if du.under_external_launcher() or (nproc == 1 and cfg.dist.nnodes == 1):
         return run_rank(cfg, str(run_dir))
-    _prepare_data_once(cfg)
-    return du.launch(spawned_rank, (cfg, str(run_dir)), cfg["dist"], nproc, device)
+    _prepare_data_once(cfg.data)
+    return du.launch(spawned_rank, (cfg, str(run_dir)), cfg.dist, nproc, device)
 
 
 def _check_writable(run_dir: Path) -> None:
@@ -62,9 +60,9 @@ def _check_writable(run_dir: Path) -> None:
         raise PermissionError(f"output directory {run_dir} is not writable: {e}") from e
 
 
-def _prepare_data_once(cfg: dict[str, Any]) -> None:
+def _prepare_data_once(data: Any) -> None:
     """Write the embedded data set before ranks start, so they don't all race to build it."""
-    if cfg["data"]["name"] == "digits":
+    if data.name == "digits":
         from .data.digits import ensure_digits
 
-        ensure_digits(cfg["data"]["root"])
+        ensure_digits(data.root)

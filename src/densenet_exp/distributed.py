@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .config import DistConfig, node
 from .process import threads_for_launched_ranks
 
 log = logging.getLogger(__name__)
@@ -51,20 +52,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def nproc_per_node(dist_cfg: dict[str, Any], device: torch.device) -> int:
+def nproc_per_node(dist_cfg: DistConfig | Any, device: torch.device) -> int:
     """``auto``: one rank per visible GPU on CUDA, one rank on CPU."""
-    value = str(dist_cfg["nproc_per_node"]).strip()
+    n = node(DistConfig, dist_cfg).nproc
     gpus = torch.cuda.device_count() if device.type == "cuda" else 0
-    if value == "auto":
+    if n is None:
         return max(1, gpus)
-    try:
-        n = int(value)
-    except ValueError:
-        raise ValueError(
-            f"dist.nproc_per_node must be 'auto' or a positive integer, got {value!r}"
-        ) from None
-    if n < 1:
-        raise ValueError(f"dist.nproc_per_node must be >= 1, got {n}")
     if device.type == "cuda" and n > gpus:
         raise ValueError(
             f"dist.nproc_per_node={n} but only {gpus} GPU(s) are visible: one rank per GPU "
@@ -86,7 +79,7 @@ def backend_for(device: torch.device, requested: str) -> str:
     return requested
 
 
-def setup(dist_cfg: dict[str, Any], device_name: str) -> DistContext:
+def setup(dist_cfg: DistConfig, device_name: str) -> DistContext:
     """Join the process group from the environment (set by torchrun or our launcher)."""
     device = resolve_device(device_name)
     if not under_external_launcher() or int(os.environ["WORLD_SIZE"]) == 1:
@@ -97,11 +90,11 @@ def setup(dist_cfg: dict[str, Any], device_name: str) -> DistContext:
     if device.type == "cuda":
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
-    backend = backend_for(device, str(dist_cfg["backend"]))
+    backend = backend_for(device, dist_cfg.backend)
     if not dist.is_initialized():
         dist.init_process_group(
             backend,
-            timeout=datetime.timedelta(seconds=int(dist_cfg["timeout_s"])),
+            timeout=datetime.timedelta(seconds=dist_cfg.timeout_s),
             device_id=device if device.type == "cuda" else None,
         )
     return DistContext(rank, local_rank, world, local_world, device, backend)
@@ -150,9 +143,10 @@ def expand_nodelist(nodelist: str) -> list[str]:
     return hosts
 
 
-def rendezvous(dist_cfg: dict[str, Any]) -> tuple[str, str]:
+def rendezvous(dist_cfg: DistConfig | Any) -> tuple[str, str]:
     """``(endpoint, run id)``; ``slurm`` or ``slurm:PORT`` means the job's first node and job id."""
-    endpoint, run_id = str(dist_cfg["rdzv_endpoint"]), str(dist_cfg["rdzv_id"])
+    dist_cfg = node(DistConfig, dist_cfg, "dist")
+    endpoint, run_id = dist_cfg.rdzv_endpoint, dist_cfg.rdzv_id
     if endpoint.split(":")[0] != "slurm":
         return endpoint, run_id
     nodelist = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST")
@@ -166,7 +160,7 @@ def rendezvous(dist_cfg: dict[str, Any]) -> tuple[str, str]:
 def launch(
     entry: Callable[..., Any],
     args: tuple[Any, ...],
-    dist_cfg: dict[str, Any],
+    dist_cfg: DistConfig | Any,
     nproc: int,
     device: torch.device,
 ) -> Any:
@@ -178,7 +172,8 @@ def launch(
     """
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    nnodes = int(dist_cfg["nnodes"])
+    dist_cfg = node(DistConfig, dist_cfg, "dist")
+    nnodes = dist_cfg.nnodes
     endpoint, run_id = rendezvous(dist_cfg)
     if nnodes > 1 and endpoint.endswith(":0"):
         raise ValueError(
@@ -194,7 +189,7 @@ def launch(
         run_id=run_id,
         rdzv_backend="c10d",  # LaunchConfig's default is etcd
         rdzv_endpoint=endpoint,
-        rdzv_configs={"join_timeout": int(dist_cfg["timeout_s"])},
+        rdzv_configs={"join_timeout": dist_cfg.timeout_s},
         max_restarts=0,  # LaunchConfig's default is 3
         monitor_interval=0.2,
         start_method="spawn",

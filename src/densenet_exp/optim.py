@@ -10,18 +10,16 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from ._compat import choice
+from .config import OptimConfig, OptimName, SchedConfig, SchedName, node
 from .models.layers import norm_bias_parameters
 
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cos", "poly", "step", "multistep", "constant")
 
-
-def build_optimizer(model: nn.Module, optim_cfg: Any) -> torch.optim.Optimizer:
-    name = choice(optim_cfg["name"])
-    wd = float(optim_cfg["weight_decay"])
+def build_optimizer(model: nn.Module, optim_cfg: OptimConfig | Any) -> torch.optim.Optimizer:
+    """SGD or AdamW over ``model``, with no weight decay on norms and biases if asked."""
+    o = node(OptimConfig, optim_cfg, "optim")
+    wd = o.weight_decay
     params = [p for p in model.parameters() if p.requires_grad]
-    if optim_cfg["no_decay_norm_bias"] and wd > 0:
+    if o.no_decay_norm_bias and wd > 0:
         skip = norm_bias_parameters(model)
         groups = [
             {"params": [p for p in params if id(p) not in skip], "weight_decay": wd},
@@ -30,18 +28,10 @@ def build_optimizer(model: nn.Module, optim_cfg: Any) -> torch.optim.Optimizer:
         groups = [g for g in groups if g["params"]]
     else:
         groups = [{"params": params, "weight_decay": wd}]
-    lr = float(optim_cfg["lr"])
-    if name == "sgd":
-        return torch.optim.SGD(
-            groups,
-            lr=lr,
-            momentum=float(optim_cfg["momentum"]),
-            nesterov=bool(optim_cfg["nesterov"]) and float(optim_cfg["momentum"]) > 0,
-        )
-    if name == "adamw":
-        betas = tuple(float(b) for b in optim_cfg["betas"])
-        return torch.optim.AdamW(groups, lr=lr, betas=betas)
-    raise ValueError(f"unknown optimizer {name!r}; valid choices: {', '.join(OPTIMIZERS)}")
+    if o.name == OptimName.sgd:
+        nesterov = o.nesterov and o.momentum > 0  # torch refuses nesterov without momentum
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=nesterov)
+    return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas))
 
 
 def lr_factor(
@@ -72,24 +62,27 @@ def lr_factor(
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
     if name == "poly":
         return min_lr_ratio + (1 - min_lr_ratio) * (1 - t) ** power
-    raise ValueError(f"unknown schedule {name!r}; valid choices: {', '.join(SCHEDULES)}")
+    choices = ", ".join(m.value for m in SchedName)
+    raise ValueError(f"unknown schedule {name!r}; valid choices: {choices}")
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, sched_cfg: Any, steps_per_epoch: int, total_steps: int
+    optimizer: torch.optim.Optimizer,
+    sched_cfg: SchedConfig | Any,
+    steps_per_epoch: int,
+    total_steps: int,
 ) -> LambdaLR:
-    name = choice(sched_cfg["name"])
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown schedule {name!r}; valid choices: {', '.join(SCHEDULES)}")
+    """The per-iteration schedule of ``sched_cfg`` over ``total_steps`` optimizer steps."""
+    s = node(SchedConfig, sched_cfg, "sched")
     kwargs = dict(
-        name=name,
+        name=s.name.value,
         steps_per_epoch=steps_per_epoch,
         total_steps=total_steps,
-        warmup_epochs=float(sched_cfg["warmup_epochs"]),
-        min_lr_ratio=float(sched_cfg["min_lr_ratio"]),
-        power=float(sched_cfg["power"]),
-        step_size=int(sched_cfg["step_size"]),
-        milestones=tuple(int(m) for m in sched_cfg["milestones"]),
-        gamma=float(sched_cfg["gamma"]),
+        warmup_epochs=s.warmup_epochs,
+        min_lr_ratio=s.min_lr_ratio,
+        power=s.power,
+        step_size=s.step_size,
+        milestones=tuple(s.milestones),
+        gamma=s.gamma,
     )
     return LambdaLR(optimizer, lambda step: lr_factor(step, **kwargs))

@@ -15,9 +15,9 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from omegaconf import OmegaConf
@@ -25,8 +25,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import CheckpointError, load_checkpoint, model_weights
+from .config import OptLevel, to_typed
 from .data.imagefolder import DECODE_ERRORS, log_ignored, visible_files
-from .data.transforms import build_transform, load_image
+from .data.transforms import eval_transform, load_image
 from .distributed import resolve_device
 from .export import export_checked
 from .models import build_model
@@ -44,7 +45,7 @@ class PredictConfig:
     batch_size: int = 64
     num_workers: int = 0
     device: str = "auto"
-    amp: str | None = None  # null: the level the model was trained at
+    amp: Optional[OptLevel] = None  # null: the level the model was trained at
     evaluate: bool = False
     export: str | None = None  # torchscript or onnx
     export_path: str | None = None
@@ -57,8 +58,8 @@ def load_model(checkpoint: str | Path, device: torch.device) -> tuple[nn.Module,
     for key in ("model", "config", "classes", "eval_transform"):
         if key not in state:
             raise CheckpointError(f"{checkpoint} is not a densenet_exp checkpoint (no '{key}')")
-    cfg = state["config"]
-    cfg["model"]["pretrained"] = None  # the weights come from the checkpoint
+    cfg = to_typed(state["config"])  # the boundary: the checkpoint's plain dicts, typed
+    cfg.model.pretrained = None  # the weights come from the checkpoint
     model = build_model(cfg, num_classes=len(state["classes"]))
     weights = model_weights(state)
     model.load_state_dict(
@@ -246,13 +247,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     classes = state["classes"]
-    tf = state["eval_transform"]
-    transform = build_transform(
-        tf["image_size"], tf["mean"], tf["std"], train=False, eval_crop_ratio=tf["eval_crop_ratio"]
-    )
-    amp_cfg = dict(state["config"]["amp"])
+    transform = eval_transform(state["eval_transform"])
+    amp_cfg = to_typed(state["config"]).amp
     if cfg.amp is not None:
-        amp_cfg.update(opt_level=cfg.amp, keep_batchnorm_fp32=None, master_weights=None)
+        amp_cfg = replace(amp_cfg, opt_level=cfg.amp, keep_batchnorm_fp32=None, master_weights=None)
     precision = Precision(amp_cfg, device)
     precision.prepare(model, None)
     rows = predict(

@@ -1,17 +1,21 @@
-"""Process-wide settings, made in one place: threads, start methods, compiler flags.
+"""Process-wide settings, made in one place: threads, start methods, compiler flags, the heap.
 
 Each is set once, where a process starts its work: a job (``share_cores_between_jobs``), the ranks
 it launches (``threads_for_launched_ranks``), a rank (``configure_rank``), a loader worker
 (``loader_worker_init``). Model and data code never change the process they run in; they ask
-here what they may use (``cores_per_rank``, ``loader_start_method``).
+here what they may use (``cores_per_rank``, ``loader_start_method``), or are handed what may
+(``heap_trimmer``, which the engine gives the memory-efficient model).
 """
 
 from __future__ import annotations
 
+import functools
 import multiprocessing as mp
 import os
 
 import torch
+
+from .heap import HeapTrimmer, available
 
 # Set by the entry point when a launcher runs several jobs side by side on one machine (joblib):
 # each job's share of the cores, inherited by the ranks it starts.
@@ -85,3 +89,18 @@ def loader_worker_init(worker_id: int) -> None:
 def loader_start_method() -> str:
     """forkserver where available: forking a process that already runs torch's threads can hang."""
     return "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+
+
+def heap_trimmer(device: torch.device) -> HeapTrimmer | None:
+    """This process's CPU heap trimmer (``heap.py``), or None where there is nothing to trim.
+
+    One per process: it measures the process's own floor and spaces its trims in time.
+    """
+    if device.type != "cpu" or not available():
+        return None
+    return _process_trimmer()
+
+
+@functools.cache
+def _process_trimmer() -> HeapTrimmer:
+    return HeapTrimmer()

@@ -2,20 +2,35 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from .._compat import choice
+from ..config import Augment, AugmentOn, CacheMode, DataConfig, DataName, parse_count
+from ..config import node as config_node
 from ..process import loader_start_method, loader_worker_init
+from . import cache
+from .augment import BatchAugment, normalize_batch
+from .cache import DecodedSplit
 from .digits import ensure_digits
-from .imagefolder import DataError, ImageFolderDataset, build_imagefolder_splits, collate_skip_bad
+from .imagefolder import (
+    DataError,
+    ImageFolderDataset,
+    Sample,
+    build_imagefolder_splits,
+    collate_skip_bad,
+)
 from .synthetic import SyntheticDataset
 from .transforms import build_transform, load_image
+
+log = logging.getLogger("densenet_exp")
 
 __all__ = [
     "DataBundle",
@@ -30,63 +45,118 @@ __all__ = [
     "resolve_num_workers",
 ]
 
-DATA_NAMES = ("digits", "imagefolder", "synthetic")
-
 
 @dataclass
 class DataBundle:
     train: Dataset
     val: Dataset
     classes: list[str]
+    # set when the train split is cached: its augmentation, on batches on the training device
+    train_on_device: Callable[[Tensor, Tensor, int], Tensor] | None = None
+    # set when the val split is cached: its batches' last eval steps (ToDtype, Normalize)
+    eval_on_device: Callable[[Tensor], Tensor] | None = None
 
 
-def eval_transform_settings(data_cfg: Any) -> dict[str, Any]:
+def eval_transform_settings(data_cfg: DataConfig) -> dict[str, Any]:
     """What predict needs to reproduce validation preprocessing (saved in checkpoints)."""
     return {
-        "image_size": int(data_cfg["image_size"]),
-        "mean": [float(v) for v in data_cfg["mean"]],
-        "std": [float(v) for v in data_cfg["std"]],
-        "eval_crop_ratio": float(data_cfg["eval_crop_ratio"]),
+        "image_size": data_cfg.image_size,
+        "mean": list(data_cfg.mean),
+        "std": list(data_cfg.std),
+        "eval_crop_ratio": data_cfg.eval_crop_ratio,
     }
 
 
-def build_datasets(data_cfg: Any, seed: int = 0) -> DataBundle:
-    name = choice(data_cfg["name"])
-    if name not in DATA_NAMES:
-        raise ValueError(f"unknown data set {name!r}; valid choices: {', '.join(DATA_NAMES)}")
-    if name == "synthetic":
-        size, n_cls = int(data_cfg["image_size"]), int(data_cfg["synthetic_classes"])
-        train = SyntheticDataset(int(data_cfg["synthetic_train_size"]), n_cls, size, seed=1)
-        val = SyntheticDataset(int(data_cfg["synthetic_val_size"]), n_cls, size, seed=2)
+def build_datasets(
+    data_cfg: DataConfig | Any, seed: int = 0, local_ranks: int = 1, cores: int = 1
+) -> DataBundle:
+    """The train and val sets of ``data_cfg`` (the typed node, or its plain form).
+
+    ``local_ranks`` share the machine's RAM budget of ``data.cache=auto``; ``cores`` decode.
+    """
+    d = config_node(DataConfig, data_cfg)
+    if d.name == DataName.synthetic:
+        size, n_cls = d.image_size, d.synthetic_classes
+        train = SyntheticDataset(d.synthetic_train_size, n_cls, size, seed=1)
+        val = SyntheticDataset(d.synthetic_val_size, n_cls, size, seed=2)
         # same class templates in val as in train, fresh noise
         val.templates = train.templates
         return DataBundle(train, val, train.classes)
 
-    root = ensure_digits(data_cfg["root"]) if name == "digits" else data_cfg["root"]
+    root = ensure_digits(d.root) if d.name == DataName.digits else d.root
     if root is None:
         raise DataError("data.root is required for data=imagefolder (a folder of class folders)")
-    on_bad = choice(data_cfg["on_bad_image"])
+    on_bad = d.on_bad_image.value
     train_s, val_s, classes = build_imagefolder_splits(
         root,
-        train_dir=data_cfg["train_dir"],
-        val_dir=data_cfg["val_dir"],
-        val_split=float(data_cfg["val_split"]),
-        split_seed=int(data_cfg["split_seed"]),
+        train_dir=d.train_dir,
+        val_dir=d.val_dir,
+        val_split=d.val_split,
+        split_seed=d.split_seed,
         on_bad_image=on_bad,
     )
     common = dict(
-        image_size=int(data_cfg["image_size"]),
-        mean=data_cfg["mean"],
-        std=data_cfg["std"],
-        eval_crop_ratio=float(data_cfg["eval_crop_ratio"]),
+        image_size=d.image_size, mean=d.mean, std=d.std, eval_crop_ratio=d.eval_crop_ratio
     )
-    train_tf = build_transform(train=True, augment=choice(data_cfg["augment"]), **common)
+    train_tf = build_transform(train=True, augment=d.augment.value, **common)
     eval_tf = build_transform(train=False, **common)
-    return DataBundle(
+    bundle = DataBundle(
         ImageFolderDataset(train_s, classes, train_tf, on_bad, seed=seed, root=root),
         ImageFolderDataset(val_s, classes, eval_tf, on_bad, root=root),
         classes,
     )
+    if _cache_wanted(d, len(train_s) + len(val_s), local_ranks):
+        _cache(bundle, d, train_s, val_s, root, seed, resolve_num_workers(d.num_workers, cores))
+    return bundle
+
+
+def _cache_wanted(d: DataConfig, n_images: int, local_ranks: int) -> bool:
+    """``data.cache``: ``ram``, ``none``, or ``auto`` (ram when it fits the budget; logged)."""
+    if d.cache != CacheMode.auto:
+        return d.cache == CacheMode.ram
+    side = cache.stored_side(d.image_size, d.eval_crop_ratio)
+    need, budget = cache.estimate_bytes(n_images, side), cache.ram_budget(local_ranks)
+    if need > budget:
+        log.info(
+            "data.cache=auto: %d images would take %.1f GB decoded, over this rank's RAM budget "
+            "of %.1f GB: decoding them every epoch (data.cache=ram to insist)",
+            n_images,
+            need / 2**30,
+            budget / 2**30,
+        )
+        return False
+    return True
+
+
+def _cache(
+    bundle: DataBundle,
+    d: DataConfig,
+    train_s: list[Sample],
+    val_s: list[Sample],
+    root: Any,
+    seed: int,
+    workers: int,
+) -> None:
+    """Replace the bundle's folder splits by decoded ones (train only with device augmentation)."""
+    args = (d.image_size, d.eval_crop_ratio, d.on_bad_image.value, workers)
+    bundle.val = cache.decode_split(val_s, bundle.classes, root, "center", *args)
+    bundle.eval_on_device = functools.partial(normalize_batch, mean=d.mean, std=d.std)
+    cached = [bundle.val]
+    if d.augment_on != AugmentOn.loader:
+        layout = "whole" if d.augment == Augment.imagenet else "center"
+        train = cache.decode_split(train_s, bundle.classes, root, layout, *args)
+        augment = BatchAugment(d.augment.value, d.image_size, d.mean, d.std, seed)
+        bundle.train = train
+        bundle.train_on_device = functools.partial(_augment_cached, augment, train.sizes)
+        cached.insert(0, train)
+    where = "on the training device" if bundle.train_on_device else "per image, in the loader"
+    log.info("data.cache: %s; train augmentation %s", cache.describe(cached), where)
+
+
+def _augment_cached(
+    augment: BatchAugment, sizes: Tensor, x: Tensor, index: Tensor, epoch: int
+) -> Tensor:
+    return augment(x, index, epoch, sizes[index])
 
 
 class Indexed(Dataset):
@@ -156,23 +226,13 @@ def resolve_num_workers(value: int | str, cores: int) -> int:
     core loads in-process (0 workers), and never starts more workers than cores (torch warns
     past that, and on a small machine the workers then slow training down).
     """
-    text = str(value).strip().lower()
-    if text == "auto":
-        return max(0, min(MAX_AUTO_WORKERS, cores - 1))
-    try:
-        workers = int(text)
-    except ValueError:
-        raise ValueError(
-            f"data.num_workers must be 'auto' or a number >= 0, got {value!r}"
-        ) from None
-    if workers < 0:
-        raise ValueError(f"data.num_workers must be 'auto' or a number >= 0, got {workers}")
-    return workers
+    workers = parse_count(value, "data.num_workers", 0)
+    return max(0, min(MAX_AUTO_WORKERS, cores - 1)) if workers is None else workers
 
 
 def build_loaders(
     bundle: DataBundle,
-    data_cfg: Any,
+    data_cfg: DataConfig | Any,
     rank: int,
     world: int,
     seed: int,
@@ -180,7 +240,8 @@ def build_loaders(
     cores: int = 1,
 ) -> tuple[DataLoader, DataLoader, ResumableSampler]:
     """This rank's train and val loaders; ``cores``: the rank's share, for ``num_workers=auto``."""
-    batch = int(data_cfg["batch_size"])
+    d = config_node(DataConfig, data_cfg)
+    batch = d.batch_size
     if batch < 1:
         raise ValueError(f"data.batch_size must be >= 1, got {batch}")
     per_rank = math.ceil(len(bundle.train) / world)
@@ -189,33 +250,41 @@ def build_loaders(
             f"data.batch_size={batch} is larger than the training set per rank "
             f"({len(bundle.train)} images / {world} rank(s) = {per_rank}); lower data.batch_size"
         )
-    workers = resolve_num_workers(data_cfg["num_workers"], cores)
-    pin = bool(data_cfg["pin_memory"]) and device.type == "cuda"
+    workers = resolve_num_workers(d.num_workers, cores)
+    pin = d.pin_memory and device.type == "cuda"
     sampler = ResumableSampler(
-        bundle.train, num_replicas=world, rank=rank, shuffle=bool(data_cfg["shuffle"]), seed=seed
+        bundle.train, num_replicas=world, rank=rank, shuffle=d.shuffle, seed=seed
     )
     loader_args: dict[str, Any] = dict(
         num_workers=workers,
         pin_memory=pin,
         collate_fn=collate_skip_bad,
         worker_init_fn=loader_worker_init if workers else None,
-        persistent_workers=bool(data_cfg["persistent_workers"]) and workers > 0,
+        persistent_workers=d.persistent_workers and workers > 0,
     )
     if workers:
         loader_args["multiprocessing_context"] = loader_start_method()
     generator = torch.Generator().manual_seed(seed + rank)
+    # a decoded split hands out whole batches (__getitems__): nothing for workers to do
+    batched = dict(num_workers=0, pin_memory=pin, collate_fn=_as_batch)
     train = DataLoader(
         bundle.train,
         batch_size=batch,
         sampler=sampler,
         drop_last=True,
         generator=generator,
-        **loader_args,
+        **(batched if isinstance(bundle.train, DecodedSplit) else loader_args),
     )
+    cached_val = isinstance(bundle.val, DecodedSplit)
     val = DataLoader(
-        Indexed(bundle.val),
+        bundle.val if cached_val else Indexed(bundle.val),
         batch_size=batch,
         sampler=ShardSampler(len(bundle.val), rank, world),
-        **loader_args,
+        **(batched if cached_val else loader_args),
     )
     return train, val, sampler
+
+
+def _as_batch(batch: Any) -> Any:
+    """The collate of a decoded split: ``__getitems__`` already made the batch."""
+    return batch

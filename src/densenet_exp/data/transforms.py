@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-AUGMENTS = ("none", "light", "imagenet")
+from ..config import Augment
+
+AUGMENTS = tuple(m.value for m in Augment)
 
 
 def load_image(path: str) -> Image.Image:
@@ -69,4 +72,15 @@ def build_transform(
             v2.ToDtype(torch.float32, scale=True),
             v2.Normalize(mean=list(mean), std=list(std)),
         ]
+    )
+
+
+def eval_transform(settings: dict[str, Any]) -> v2.Compose:
+    """The eval transform from the settings a checkpoint saved (data.eval_transform_settings)."""
+    return build_transform(
+        settings["image_size"],
+        settings["mean"],
+        settings["std"],
+        train=False,
+        eval_crop_ratio=settings["eval_crop_ratio"],
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +12,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .. import distributed as du
+from ..config import Config, DataConfig, DataName
 from ..data import DataBundle, DataError, build_datasets, build_loaders
 from ..models import (
     build_model,
@@ -23,7 +25,7 @@ from ..models.cost import count_macs
 from ..models.sync_batchnorm import convert_sync_batchnorm
 from ..optim import build_optimizer, build_scheduler
 from ..precision import Precision
-from ..process import cores_per_rank
+from ..process import cores_per_rank, heap_trimmer
 from .helpers import no_buffer_sync
 
 log = logging.getLogger("densenet_exp")
@@ -31,7 +33,7 @@ log = logging.getLogger("densenet_exp")
 
 @dataclass
 class Components:
-    data_cfg: dict[str, Any]  # cfg["data"] with the image size the model needs (a copy)
+    data_cfg: DataConfig  # cfg.data with the image size the model needs (a copy)
     bundle: DataBundle
     model: nn.Module  # the network itself, neither DDP- nor compile-wrapped
     optimizer: torch.optim.Optimizer
@@ -48,71 +50,69 @@ class Components:
     channels_last: bool  # inputs (and so activations) NHWC
 
 
-def data_config(cfg: dict[str, Any]) -> dict[str, Any]:
-    """``cfg["data"]``, with the embedded digits upscaled to what the model needs.
+def data_config(cfg: Config) -> DataConfig:
+    """``cfg.data``, with the embedded digits upscaled to what the model needs.
 
     The size is derived here, on a copy: the config itself (saved in checkpoints) stays as
     Hydra composed it.
     """
-    data_cfg = dict(cfg["data"])
-    smallest = min_input_size(cfg["model"])
-    if int(data_cfg["image_size"]) < smallest:
-        if data_cfg["name"] != "digits":
+    data_cfg = cfg.data
+    smallest = min_input_size(cfg.model)
+    if data_cfg.image_size < smallest:
+        if data_cfg.name != DataName.digits:
             raise DataError(
-                f"data.image_size={data_cfg['image_size']} is smaller than the model's total "
+                f"data.image_size={data_cfg.image_size} is smaller than the model's total "
                 f"downsampling ({smallest}x); use data.image_size >= {smallest}"
             )
         log.info(
-            "data.image_size %s -> %d for model %s",
-            data_cfg["image_size"],
-            smallest,
-            cfg["model"]["name"],
+            "data.image_size %s -> %d for model %s", data_cfg.image_size, smallest, cfg.model.name
         )
-        data_cfg["image_size"] = smallest
+        data_cfg = dataclasses.replace(data_cfg, image_size=smallest)
     return data_cfg
 
 
-def build(cfg: dict[str, Any], ctx: du.DistContext) -> Components:
-    tr, device = cfg["trainer"], ctx.device
-    check_model_config(cfg["model"])  # a bad architecture key fails before the data is read
+def build(cfg: Config, ctx: du.DistContext) -> Components:
+    tr, device = cfg.trainer, ctx.device
+    check_model_config(cfg.model)  # a bad architecture key fails before the data is read
     data_cfg = data_config(cfg)
-    bundle = build_datasets(data_cfg, seed=int(tr["seed"]))
+    cores = cores_per_rank(ctx.local_world_size)
+    bundle = build_datasets(data_cfg, tr.seed, local_ranks=ctx.local_world_size, cores=cores)
     model = build_model(cfg, num_classes=len(bundle.classes)).to(device)
-    if tr["channels_last"]:
+    if tr.channels_last:
         model.to(memory_format=torch.channels_last)
+    if tr.heap_trim and hasattr(model, "set_memory_hook"):  # the fast memory-efficient layers
+        model.set_memory_hook(heap_trimmer(device))
     # the cost of the choice, for the by-configuration summary: one forward of one image
-    macs = count_macs(model, int(data_cfg["image_size"])) if ctx.is_main else None
-    if cfg["sync_bn"] and ctx.distributed:
+    macs = count_macs(model, data_cfg.image_size) if ctx.is_main else None
+    if cfg.sync_bn and ctx.distributed:
         model = convert_sync_batchnorm(model, device)
-    optimizer = build_optimizer(model, cfg["optim"])
-    precision = Precision(cfg["amp"], device)
+    optimizer = build_optimizer(model, cfg.optim)
+    precision = Precision(cfg.amp, device)
     precision.prepare(model, optimizer)
     train_loader, val_loader, sampler = build_loaders(
         bundle,
         data_cfg,
         ctx.rank,
         ctx.world_size,
-        int(tr["seed"]),
+        tr.seed,
         device,
-        cores=cores_per_rank(ctx.local_world_size),
+        cores=cores,
     )
-    accum = max(1, int(tr["grad_accum"]))
+    accum = max(1, tr.grad_accum)
     steps_per_epoch = len(train_loader) // accum
     if steps_per_epoch < 1:
         raise DataError(
             f"one epoch has {len(train_loader)} batch(es), fewer than trainer.grad_accum={accum}"
         )
-    total_steps = int(tr["epochs"]) * steps_per_epoch
-    if tr["max_steps"] is not None:
-        total_steps = min(total_steps, int(tr["max_steps"]))
-    scheduler = build_scheduler(optimizer, cfg["sched"], steps_per_epoch, total_steps)
+    total_steps = tr.epochs * steps_per_epoch
+    if tr.max_steps is not None:
+        total_steps = min(total_steps, tr.max_steps)
+    scheduler = build_scheduler(optimizer, cfg.sched, steps_per_epoch, total_steps)
     ema = None
-    if tr["ema"]:
+    if tr.ema:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-        ema = AveragedModel(
-            model, multi_avg_fn=get_ema_multi_avg_fn(float(tr["ema"])), use_buffers=True
-        )
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(tr.ema), use_buffers=True)
     return Components(
         data_cfg,
         bundle,
@@ -128,12 +128,12 @@ def build(cfg: dict[str, Any], ctx: du.DistContext) -> Components:
         steps_per_epoch,
         count_parameters(model),
         macs,
-        bool(tr["channels_last"]),
+        tr.channels_last,
     )
 
 
 def wrap(
-    c: Components, cfg: dict[str, Any], ctx: du.DistContext, rank_buffers: dict[str, list]
+    c: Components, cfg: Config, ctx: du.DistContext, rank_buffers: dict[str, list]
 ) -> tuple[nn.Module, nn.Module]:
     """(the DDP-wrapped model, the one forward runs: compiled or not).
 
@@ -149,5 +149,5 @@ def wrap(
         with torch.no_grad():
             for name, values in rank_buffers.items():
                 own[name].copy_(torch.tensor(values, dtype=own[name].dtype))
-    train_model = compile_model(ddp_model) if cfg["trainer"]["compile"] else ddp_model
+    train_model = compile_model(ddp_model) if cfg.trainer.compile else ddp_model
     return ddp_model, train_model

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,11 +22,13 @@ def evaluate(
     device: torch.device,
     channels_last: bool = False,
     predictions: PredictionSink | None = None,
+    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """Loss, top-1 and top-5 over the whole val set, summed across ranks: exact under DDP.
 
     Batches are ``(x, y)`` or ``(x, y, index)``; with the index, ``predictions`` collects each
-    image's result for ``val_predictions.csv``.
+    image's result for ``val_predictions.csv``. ``prepare``: what turns a batch into the model's
+    input on the device (a cached split's uint8 into normalised floats).
     """
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, count
@@ -32,7 +36,8 @@ def evaluate(
         if batch is None:
             continue
         x, y, *index = batch
-        x = precision.cast_input(x.to(device, non_blocking=True))
+        x = x.to(device, non_blocking=True)
+        x = precision.cast_input(prepare(x) if prepare is not None else x)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = y.to(device, non_blocking=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import distributed as du
+from ..config import Config
 from ..metrics import EpochRow, RunSummary
 from ..val_predictions import PredictionSink
 from .build import Components, build, wrap
@@ -18,19 +19,19 @@ from .record import RunLog
 from .state import Checkpointer, TrainState, restore
 
 
-def fit(cfg: dict[str, Any], run_dir: Path, ctx: du.DistContext) -> dict[str, Any]:
+def fit(cfg: Config, run_dir: Path, ctx: du.DistContext) -> dict[str, Any]:
     """Train and evaluate for ``trainer.epochs``; returns the summary written to metrics.json."""
     with StopSignal() as stop_signal:  # from the start: a preempted set-up stops cleanly too
         t_start = time.perf_counter()
-        tr = cfg["trainer"]
-        seed_everything(int(tr["seed"]) + ctx.rank, bool(tr["deterministic"]))
+        tr = cfg.trainer
+        seed_everything(tr.seed + ctx.rank, tr.deterministic)
         c = build(cfg, ctx)
         st = restore(c, cfg, run_dir, ctx)
         ddp_model, train_model = wrap(c, cfg, ctx, st.rank_buffers)
         record = RunLog(run_dir, ctx, cfg, c)
         saver = Checkpointer(c, cfg, ctx, run_dir / "checkpoints")
-        guards = (LossGuard(int(tr["max_nonfinite_steps"]), saver.dir), stop_signal)
-        epochs, eval_every = int(tr["epochs"]), max(1, int(tr["eval_every"]))
+        guards = (LossGuard(tr.max_nonfinite_steps, saver.dir), stop_signal)
+        epochs, eval_every = tr.epochs, max(1, tr.eval_every)
         images, train_time, last_eval = 0, 0.0, {}
         epoch = st.epoch - 1
         for epoch in range(st.epoch, epochs):
@@ -40,7 +41,7 @@ def fit(cfg: dict[str, Any], run_dir: Path, ctx: du.DistContext) -> dict[str, An
             train_time += time.perf_counter() - t_epoch
             images += result.images
             if (epoch + 1) % eval_every == 0 or result.reached_max_steps or epoch == epochs - 1:
-                if not cfg["sync_bn"]:
+                if not cfg.sync_bn:
                     du.average_buffers(c.model)  # rank 0's running stats become the global ones
                 eval_model = c.ema.module if c.ema is not None else ddp_model
                 speed = images * ctx.world_size / max(train_time, 1e-9)
@@ -83,7 +84,15 @@ def validate(
 ) -> dict[str, Any]:
     """Evaluate, keep the best, and record the evaluation (every rank; rank 0 writes)."""
     sink = PredictionSink()
-    metrics = evaluate(model, c.val_loader, c.precision, ctx.device, c.channels_last, sink)
+    metrics = evaluate(
+        model,
+        c.val_loader,
+        c.precision,
+        ctx.device,
+        c.channels_last,
+        sink,
+        prepare=c.bundle.eval_on_device,
+    )
     best = metrics["val_top1"] > st.best_top1
     if best:
         st.best_top1, st.best_epoch = metrics["val_top1"], epoch

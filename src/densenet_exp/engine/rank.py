@@ -12,6 +12,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from .. import distributed as du
 from ..closing import closing_block
+from ..config import Config, to_typed
 from ..metrics import SUMMARY_FILE, RunSummary
 from ..process import configure_rank
 from .guards import TrainingInterrupted
@@ -21,11 +22,12 @@ from .loop import fit
 log = logging.getLogger("densenet_exp")
 
 
-def run_rank(cfg: dict[str, Any], run_dir: str) -> dict[str, Any]:
+def run_rank(cfg: Config | Any, run_dir: str) -> dict[str, Any]:
     """Entry of one rank: in-process, under torchrun, or spawned by ``distributed.launch``."""
+    cfg = to_typed(cfg)
     run_path = Path(run_dir)
-    ctx = du.setup(cfg["dist"], cfg["trainer"]["device"])
-    configure_rank(ctx.local_world_size, ctx.device, compile=bool(cfg["trainer"]["compile"]))
+    ctx = du.setup(cfg.dist, cfg.trainer.device)
+    configure_rank(ctx.local_world_size, ctx.device, compile=cfg.trainer.compile)
     setup_logging(run_path, ctx.rank)
     t0 = time.perf_counter()
     try:
@@ -66,7 +68,7 @@ def _write_summary(run_dir: Path, ctx: du.DistContext, summary: dict[str, Any]) 
 
 
 @record
-def spawned_rank(cfg: dict[str, Any], run_dir: str) -> dict[str, Any]:
+def spawned_rank(cfg: Config, run_dir: str) -> dict[str, Any]:
     """``run_rank`` for ranks started by ``distributed.launch``: ``record`` writes the rank's
     exception to the file the launcher reads, so the parent can report the real error."""
     return run_rank(cfg, run_dir)

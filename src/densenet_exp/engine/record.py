@@ -10,6 +10,7 @@ from typing import Any
 
 from .. import distributed as du
 from .. import val_predictions
+from ..config import Config
 from ..metrics import HISTORY_FILE, EpochRow
 from .build import Components
 
@@ -19,7 +20,7 @@ log = logging.getLogger("densenet_exp")
 class RunLog:
     """The run's records. Every rank holds one; only rank 0's writes anything."""
 
-    def __init__(self, run_dir: Path, ctx: du.DistContext, cfg: dict[str, Any], c: Components):
+    def __init__(self, run_dir: Path, ctx: du.DistContext, cfg: Config, c: Components):
         self.run_dir, self.main, self.cfg, self.c = run_dir, ctx.is_main, cfg, c
         self.writer = _tensorboard(run_dir) if self.main else None
         self.val_names = val_predictions.image_names(c.bundle.val)
@@ -28,11 +29,11 @@ class RunLog:
 
     def _start_line(self, ctx: du.DistContext) -> None:
         c = self.c
-        batch = int(c.data_cfg["batch_size"])
+        batch = c.data_cfg.batch_size
         log.info(
             "model %s: %s params, %.3g GMACs/image | %s | world %d x batch %d (x%d accum) = "
             "global batch %d | %d train / %d val images, %d classes | %d steps/epoch on %s",
-            self.cfg["model"]["name"],
+            self.cfg.model.name,
             f"{c.n_params:,}",
             c.macs / 1e9,
             c.precision.describe(),
@@ -105,7 +106,7 @@ def _tensorboard(run_dir: Path) -> Any:
     return SummaryWriter(str(run_dir / "tb"))
 
 
-def hparams(cfg: dict[str, Any]) -> dict[str, Any]:
+def hparams(cfg: Config) -> dict[str, Any]:
     keys = {
         "model": ("name", "memory_efficient"),
         "conv": ("type",),
@@ -116,7 +117,11 @@ def hparams(cfg: dict[str, Any]) -> dict[str, Any]:
         "sched": ("name",),
         "data": ("name", "batch_size", "image_size"),
     }
-    out: dict[str, Any] = {f"{g}.{k}": cfg[g][k] for g, ks in keys.items() for k in ks}
-    out["sync_bn"] = cfg["sync_bn"]
-    out["epochs"] = cfg["trainer"]["epochs"]
-    return {k: (v if isinstance(v, int | float | str | bool) else str(v)) for k, v in out.items()}
+    out: dict[str, Any] = {
+        f"{g}.{k}": getattr(getattr(cfg, g), k) for g, ks in keys.items() for k in ks
+    }
+    out["sync_bn"] = cfg.sync_bn
+    out["epochs"] = cfg.trainer.epochs
+    # TensorBoard takes numbers, strings and bools; the enums become their values
+    plain = (int, float, bool)
+    return {k: (v if isinstance(v, plain) else str(v)) for k, v in out.items()}

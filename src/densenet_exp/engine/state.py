@@ -12,6 +12,7 @@ import torch
 
 from .. import distributed as du
 from ..checkpoint import load_resume_state, rng_state, save_checkpoint, set_rng_state
+from ..config import Config, to_plain
 from ..data import eval_transform_settings
 from ..metrics import HISTORY_FILE
 from ..models.weights import check_state_dict
@@ -32,9 +33,9 @@ class TrainState:
     rank_buffers: dict[str, list] = field(default_factory=dict)  # its own BN stats, mid-epoch
 
 
-def restore(c: Components, cfg: dict[str, Any], run_dir: Path, ctx: du.DistContext) -> TrainState:
+def restore(c: Components, cfg: Config, run_dir: Path, ctx: du.DistContext) -> TrainState:
     """The state of ``trainer.resume`` (model, optimizer, schedule, RNG, ...), or a fresh one."""
-    path, state = load_resume_state(cfg["trainer"]["resume"], run_dir, map_location=ctx.device)
+    path, state = load_resume_state(cfg.trainer.resume, run_dir, map_location=ctx.device)
     if state is None:
         return TrainState()
     check_state_dict(c.model.state_dict(), state["model"], f"checkpoint {path}")
@@ -65,14 +66,12 @@ def restore(c: Components, cfg: dict[str, Any], run_dir: Path, ctx: du.DistConte
 class Checkpointer:
     """Writes ``last.pt`` and ``best.pt`` (rank 0), with every rank's RNG state in them."""
 
-    def __init__(
-        self, c: Components, cfg: dict[str, Any], ctx: du.DistContext, ckpt_dir: Path
-    ) -> None:
+    def __init__(self, c: Components, cfg: Config, ctx: du.DistContext, ckpt_dir: Path) -> None:
         self.c, self.cfg, self.ctx, self.dir = c, cfg, ctx, ckpt_dir
         self.common = {
             "classes": c.bundle.classes,
             "eval_transform": eval_transform_settings(c.data_cfg),
-            "config": cfg,
+            "config": to_plain(cfg),  # plain containers: weights_only=True loads them
         }
 
     def save(
@@ -86,7 +85,7 @@ class Checkpointer:
         """A collective (every rank hands its RNG state to rank 0), then rank 0 writes."""
         c, ctx = self.c, self.ctx
         extra: dict[str, Any] = {"loss_sum": partial[0], "loss_count": partial[1]}
-        if ctx.distributed and not self.cfg["sync_bn"] and batch_in_epoch:
+        if ctx.distributed and not self.cfg.sync_bn and batch_in_epoch:
             # mid-epoch, each rank's BN running stats are still its own (averaged at epoch end)
             extra["buffers"] = {
                 k: b.tolist() for k, b in unwrap(c.model).named_buffers() if "running_" in k

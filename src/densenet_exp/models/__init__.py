@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..config import Config, ModelConfig, Stem, to_plain, to_typed
+from ..config import node as config_node
 from .architecture import ArchitectureError, check_options, resolve_block_config
 from .densenet import DenseNet
 from .fast import DenseNet as FastDenseNet
@@ -52,85 +54,78 @@ log = logging.getLogger(__name__)
 IMPLS: dict[str, type[DenseNet]] = {"fast": FastDenseNet, "plain": DenseNet}
 
 
-def _plain(node: Any) -> dict[str, Any]:
-    """A config node (DictConfig or dict) as a plain dict with enum values as strings."""
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(node, DictConfig):
-            node = OmegaConf.to_container(node, resolve=True, enum_to_str=True)
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
-    return {k: (v.value if hasattr(v, "value") else v) for k, v in dict(node).items()}
+def _options(node: Any) -> dict[str, Any]:
+    """A conv/act/init node as the keyword options of the model's Python API (enums as strings)."""
+    return to_plain(node)
 
 
-def check_model_config(model_cfg: Any) -> list[int]:
+def check_model_config(model_cfg: ModelConfig | Any) -> list[int]:
     """Every architecture key in range, before any work; returns the layers per block."""
-    m = _plain(model_cfg)
-    blocks = resolve_block_config(m)
+    m = config_node(ModelConfig, model_cfg, "model")
+    blocks = resolve_block_config(m.depth, m.block_config, m.bottleneck)
     check_options(
         prefix="model.",
-        **{
-            k: m[k]
-            for k in ("growth_rate", "num_init_features", "bn_size", "compression", "drop_rate")
-        },
+        growth_rate=m.growth_rate,
+        num_init_features=m.num_init_features,
+        bn_size=m.bn_size,
+        compression=m.compression,
+        drop_rate=m.drop_rate,
     )
     return blocks
 
 
-def min_input_size(model_cfg: Any) -> int:
+def min_input_size(model_cfg: ModelConfig | Any) -> int:
     """The total downsampling of the network: smaller inputs leave no pixel for the last block."""
-    m = _plain(model_cfg)
-    blocks = resolve_block_config(m)
-    return (4 if m["stem"] == "imagenet" else 1) * 2 ** (len(blocks) - 1)
+    m = config_node(ModelConfig, model_cfg, "model")
+    blocks = resolve_block_config(m.depth, m.block_config, m.bottleneck)
+    return (4 if m.stem == Stem.imagenet else 1) * 2 ** (len(blocks) - 1)
 
 
-def build_model(cfg: Any, num_classes: int | None = None) -> nn.Module:
+def build_model(cfg: Config | Any, num_classes: int | None = None) -> nn.Module:
     """Build the network described by ``cfg.model``, ``cfg.conv``, ``cfg.act`` and ``cfg.init``.
 
-    ``num_classes`` (from the data) is used when ``cfg.model.num_classes`` is null; when both are
-    given they must agree.
+    ``cfg`` is the typed ``Config`` (or the composed config in any form). ``num_classes`` (from
+    the data) is used when ``cfg.model.num_classes`` is null; when both are given they must agree.
     """
-    m = _plain(cfg["model"])
-    configured = m.get("num_classes")
-    if configured is not None and num_classes is not None and configured != num_classes:
+    cfg = to_typed(cfg)
+    m = cfg.model
+    if m.num_classes is not None and num_classes is not None and m.num_classes != num_classes:
         raise ValueError(
-            f"model.num_classes={configured} but the data has {num_classes} classes; "
+            f"model.num_classes={m.num_classes} but the data has {num_classes} classes; "
             "set model.num_classes=null to take it from the data"
         )
-    n_cls = configured if configured is not None else num_classes
+    n_cls = m.num_classes if m.num_classes is not None else num_classes
     if n_cls is None:
         raise ValueError("model.num_classes is null and no class count came from the data")
     blocks = check_model_config(m)
-    impl = m.get("impl", "fast")
-    if impl not in IMPLS:
-        raise ValueError(f"unknown model.impl {impl!r}; valid choices: {', '.join(IMPLS)}")
-    conv_cfg, act_cfg = _plain(cfg["conv"]), _plain(cfg["act"])
-    own = is_custom(conv_cfg, act_cfg)
+    conv_cfg, act_cfg, norm_cfg = _options(cfg.conv), _options(cfg.act), _options(cfg.norm)
+    impl = m.impl.value
+    own = is_custom(conv_cfg, act_cfg, norm_cfg)
     if impl == "fast" and own:
         # the fast kernels know the built-in modules only: yours run as models/densenet.py says
         log.info("model.impl=fast does not know %s: the model runs the plain way", ", ".join(own))
         impl = "plain"
     model = IMPLS[impl](
-        growth_rate=m["growth_rate"],
+        growth_rate=m.growth_rate,
         block_config=tuple(blocks),
-        bottleneck=m.get("bottleneck", True),
-        num_init_features=m["num_init_features"],
-        bn_size=m["bn_size"],
-        compression=m["compression"],
-        drop_rate=m["drop_rate"],
+        bottleneck=m.bottleneck,
+        num_init_features=m.num_init_features,
+        bn_size=m.bn_size,
+        compression=m.compression,
+        drop_rate=m.drop_rate,
         num_classes=n_cls,
-        stem=m["stem"],
-        memory_efficient=m["memory_efficient"],
+        stem=m.stem.value,
+        memory_efficient=m.memory_efficient,
         act=act_cfg,
         conv=conv_cfg,
-        init=_plain(cfg["init"]),
+        norm=norm_cfg,
+        init=_options(cfg.init),
     )
-    if m.get("pretrained"):
-        replaced = load_pretrained(model, m["pretrained"])
+    if m.pretrained:
+        replaced = load_pretrained(model, m.pretrained)
         log.info(
             "loaded pretrained weights from %s%s",
-            m["pretrained"],
+            m.pretrained,
             f" (new classifier for {n_cls} classes)" if replaced else "",
         )
     return model

@@ -29,11 +29,15 @@ def cifar_block_config(depth: int, bottleneck: bool, prefix: str = "model.") -> 
     return [(depth - 4) // per_layer] * 3
 
 
-def resolve_block_config(m: dict[str, Any], prefix: str = "model.") -> list[int]:
+def resolve_block_config(
+    depth: int | None,
+    blocks: Sequence[int] | None,
+    bottleneck: bool = True,
+    prefix: str = "model.",
+) -> list[int]:
     """``model.block_config``, or the one ``model.depth`` gives (CIFAR presets), checked."""
-    depth, blocks = m.get("depth"), m.get("block_config")
     if depth is not None:
-        derived = cifar_block_config(int(depth), bool(m.get("bottleneck", True)), prefix)
+        derived = cifar_block_config(depth, bottleneck, prefix)
         if blocks is not None and list(blocks) != derived:
             raise ArchitectureError(
                 f"{prefix}depth={depth} gives {prefix}block_config={derived}, but "

@@ -1,4 +1,4 @@
-"""DenseNet (Huang et al., CVPR 2017) as the paper draws it, with swappable conv, act and init.
+"""DenseNet (Huang et al., CVPR 2017) as the paper draws it, with swappable conv, act, norm, init.
 
 This is the network ``model.impl=plain`` trains, written to be read and edited: each class is one
 part of the paper's figure, and what a method computes is what trains. The structure and parameter
@@ -13,56 +13,18 @@ tested equal to this one.
 
 from __future__ import annotations
 
-import contextlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
 from torch import Tensor, nn
 
 from .architecture import check_options
 from .init import init_weights
-from .layers import ActFactory, act_factory, make_conv
-
-
-@contextlib.contextmanager
-def frozen_bn_stats(module: nn.Module) -> Iterator[None]:
-    """Recomputation in backward must not update BN running stats a second time.
-
-    A momentum of 0 leaves running_mean/var unchanged while still normalising with batch stats,
-    so a memory-efficient model's running stats equal those of one without recomputation.
-    """
-    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [(m, m.momentum, m.num_batches_tracked.clone()) for m in bns if m.track_running_stats]
-    for m, _, _ in saved:
-        m.momentum = 0.0
-    try:
-        yield
-    finally:
-        for m, momentum, tracked in saved:
-            m.momentum = momentum
-            m.num_batches_tracked.copy_(tracked)
-
-
-# torch.compile (2.14) cannot trace a checkpoint with a context_fn ("checkpoint not
-# implemented for ... context_fn"), and the context is what keeps the recomputation from
-# updating the running stats twice: this part runs eagerly, a graph break per dense layer.
-@torch.compiler.disable
-def recomputed(module: nn.Module, fn: Callable[..., Tensor], *inputs: Tensor) -> Tensor:
-    """``fn(*inputs)`` without keeping its intermediates: backward runs it again.
-
-    No RNG inside, so no RNG state to stash.
-    """
-    return cp.checkpoint(
-        fn,
-        *inputs,
-        use_reentrant=False,
-        preserve_rng_state=False,
-        context_fn=lambda: (contextlib.nullcontext(), frozen_bn_stats(module)),
-    )
+from .layers import ActFactory, NormFactory, act_factory, make_conv, norm_factory
+from .recompute import recomputed
 
 
 def as_list(inputs: Tensor | Sequence[Tensor]) -> list[Tensor]:
@@ -81,13 +43,14 @@ class _DenseLayer(nn.Module):
         memory_efficient: bool,
         act: ActFactory,
         conv: dict[str, Any],
+        norm: NormFactory = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
         width = bn_size * growth_rate
-        self.norm1 = nn.BatchNorm2d(num_input_features)
+        self.norm1 = norm(num_input_features)
         self.act1 = act(num_input_features, inplace=True)
         self.conv1 = nn.Conv2d(num_input_features, width, kernel_size=1, bias=False)
-        self.norm2 = nn.BatchNorm2d(width)
+        self.norm2 = norm(width)
         self.act2 = act(width, inplace=True)
         self.conv2 = make_conv(width, growth_rate, **conv)
         self.drop_rate = float(drop_rate)
@@ -122,9 +85,10 @@ class _BasicDenseLayer(nn.Module):
         memory_efficient: bool,
         act: ActFactory,
         conv: dict[str, Any],
+        norm: NormFactory = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
-        self.norm1 = nn.BatchNorm2d(num_input_features)
+        self.norm1 = norm(num_input_features)
         self.act1 = act(num_input_features, inplace=True)
         self.conv1 = make_conv(num_input_features, growth_rate, **conv)
         self.drop_rate = float(drop_rate)
@@ -160,16 +124,19 @@ class _DenseBlock(nn.ModuleDict):
         act: ActFactory,
         conv: dict[str, Any],
         bottleneck: bool = True,
+        norm: NormFactory = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
         for i in range(num_layers):
             width = num_input_features + i * growth_rate
             if bottleneck:
                 layer = self.bottleneck_layer(
-                    width, growth_rate, bn_size, drop_rate, memory_efficient, act, conv
+                    width, growth_rate, bn_size, drop_rate, memory_efficient, act, conv, norm
                 )
             else:
-                layer = self.basic_layer(width, growth_rate, drop_rate, memory_efficient, act, conv)
+                layer = self.basic_layer(
+                    width, growth_rate, drop_rate, memory_efficient, act, conv, norm
+                )
             self.add_module(f"denselayer{i + 1}", layer)
         self.num_output_features = num_input_features + num_layers * growth_rate
 
@@ -183,9 +150,15 @@ class _DenseBlock(nn.ModuleDict):
 class _Transition(nn.Sequential):
     """Between blocks: BN-act-1x1 conv to compression x the maps, then 2x2 average pooling."""
 
-    def __init__(self, num_input_features: int, num_output_features: int, act: ActFactory) -> None:
+    def __init__(
+        self,
+        num_input_features: int,
+        num_output_features: int,
+        act: ActFactory,
+        norm: NormFactory = nn.BatchNorm2d,
+    ) -> None:
         super().__init__()
-        self.norm = nn.BatchNorm2d(num_input_features)
+        self.norm = norm(num_input_features)
         self.act = act(num_input_features, inplace=True)
         self.conv = nn.Conv2d(num_input_features, num_output_features, kernel_size=1, bias=False)
         self.pool = nn.AvgPool2d(kernel_size=2, stride=2)
@@ -209,6 +182,7 @@ class DenseNet(nn.Module):
         conv: spatial conv config (``type``, ``kernel_size``, ``dilation``, ``inner_bn``).
         init: weight init config (``name``, ``mode``, ``distribution``).
         bottleneck: dense layers with a 1x1 bottleneck ("B"), or the basic BN-act-3x3 conv layer.
+        norm: normalisation config (``type``: ``batch``, or ``custom``: ``_target_``, ``params``).
     """
 
     block_type: type[_DenseBlock] = _DenseBlock
@@ -229,6 +203,7 @@ class DenseNet(nn.Module):
         conv: dict[str, Any] | None = None,
         init: dict[str, Any] | None = None,
         bottleneck: bool = True,
+        norm: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         check_options(
@@ -240,41 +215,51 @@ class DenseNet(nn.Module):
             drop_rate=drop_rate,
         )
         act_cfg = {"name": "relu", **(act or {})}
-        conv_cfg = {"type": "standard", **(conv or {})}
-        init_cfg = {"name": "kaiming", **(init or {})}
-        make_act = act_factory(**act_cfg)
+        make_act, make_norm = act_factory(**act_cfg), norm_factory(**(norm or {}))
         self.stem = stem
         self.memory_efficient = memory_efficient
-
-        self.features = _stem(stem, num_init_features, make_act)
-
-        num_features = num_init_features
-        for i, num_layers in enumerate(block_config):
-            block = self.block_type(
-                num_layers,
-                num_features,
+        self.features = _stem(stem, num_init_features, make_act, make_norm)
+        num_features = self._add_blocks(
+            block_config,
+            num_init_features,
+            compression,
+            dict(
                 bn_size=bn_size,
                 growth_rate=growth_rate,
                 drop_rate=drop_rate,
                 memory_efficient=memory_efficient,
                 act=make_act,
-                conv=conv_cfg,
+                conv={"type": "standard", **(conv or {})},
                 bottleneck=bottleneck,
-            )
-            self.features.add_module(f"denseblock{i + 1}", block)
-            num_features += num_layers * growth_rate
-            if i != len(block_config) - 1:
-                out_features = int(num_features * compression)
-                transition = self.transition_type(num_features, out_features, make_act)
-                self.features.add_module(f"transition{i + 1}", transition)
-                num_features = out_features
-
-        self.features.add_module("norm5", nn.BatchNorm2d(num_features))
+                norm=make_norm,
+            ),
+        )
+        self.features.add_module("norm5", make_norm(num_features))
         self.features.add_module("act5", make_act(num_features, inplace=True))
         self.classifier = nn.Linear(num_features, num_classes)
         self.num_features = num_features
+        init_weights(self, act_name=act_cfg["name"], **{"name": "kaiming", **(init or {})})
 
-        init_weights(self, act_name=act_cfg["name"], **init_cfg)
+    def _add_blocks(
+        self,
+        block_config: Sequence[int],
+        num_features: int,
+        compression: float,
+        layer_options: dict[str, Any],
+    ) -> int:
+        """Dense blocks with a transition between each two; returns the last block's width."""
+        for i, num_layers in enumerate(block_config):
+            block = self.block_type(num_layers, num_features, **layer_options)
+            self.features.add_module(f"denseblock{i + 1}", block)
+            num_features += num_layers * layer_options["growth_rate"]
+            if i != len(block_config) - 1:
+                out_features = int(num_features * compression)
+                transition = self.transition_type(
+                    num_features, out_features, layer_options["act"], layer_options["norm"]
+                )
+                self.features.add_module(f"transition{i + 1}", transition)
+                num_features = out_features
+        return num_features
 
     def forward(self, x: Tensor) -> Tensor:
         features = self.features(x)
@@ -282,13 +267,15 @@ class DenseNet(nn.Module):
         return self.classifier(out)
 
 
-def _stem(stem: str, num_init_features: int, act: ActFactory) -> nn.Sequential:
+def _stem(
+    stem: str, num_init_features: int, act: ActFactory, norm: NormFactory = nn.BatchNorm2d
+) -> nn.Sequential:
     """``imagenet``: 7x7/s2 conv, BN, act, 3x3/s2 max-pool; ``cifar``: one 3x3/s1 conv."""
     if stem == "imagenet":
         return nn.Sequential(
             OrderedDict(
                 conv0=nn.Conv2d(3, num_init_features, 7, stride=2, padding=3, bias=False),
-                norm0=nn.BatchNorm2d(num_init_features),
+                norm0=norm(num_init_features),
                 act0=act(num_init_features, inplace=True),
                 pool0=nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
             )

@@ -1,4 +1,5 @@
-"""Factories for the parts a config can swap: the 3x3 conv of a dense layer, the activation."""
+"""Factories for the parts a config can swap: the 3x3 conv of a dense layer, the activation, the
+normalisation layer; each a built-in choice or a class of the user's own (``custom``)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,16 @@ from typing import Any
 import torch
 from torch import nn
 
-CONV_TYPES = ("standard", "dsconv", "custom")
-ACTIVATIONS = ("relu", "swish", "prelu", "gelu", "mish", "custom")
+from ..config import ActName, ConvType, NormType
+
+CONV_TYPES = tuple(m.value for m in ConvType)
+ACTIVATIONS = tuple(m.value for m in ActName)
+NORMS = tuple(m.value for m in NormType)
 
 # ``act(channels, inplace=False)`` -> the configured activation module for that position
 ActFactory = Callable[..., nn.Module]
+# ``norm(channels)`` -> the configured normalisation module (BatchNorm2d by default)
+NormFactory = Callable[[int], nn.Module]
 
 
 class DSConv(nn.Sequential):
@@ -118,6 +124,38 @@ def make_act(
     raise ValueError(f"unknown activation {name!r}; valid choices: {', '.join(ACTIVATIONS)}")
 
 
+def make_norm(
+    channels: int,
+    type: str = "batch",
+    _target_: str | None = None,
+    params: dict[str, Any] | None = None,
+) -> nn.Module:
+    """The normalisation before each activation: BatchNorm2d, or a class of the user's own.
+
+    The user's class gets the channel count as ``num_channels=`` or ``num_features=`` if it
+    takes either (so ``torch.nn.GroupNorm`` works with just ``params.num_groups``), else as the
+    first argument.
+    """
+    if type == "batch":
+        return nn.BatchNorm2d(channels)
+    if type == "custom":
+        params = dict(params or {})
+        names = _signature(_target_) if _target_ else set()
+        for key in ("num_channels", "num_features"):
+            if key in names:
+                return custom("norm", _target_, **params, **{key: channels})
+        return custom("norm", _target_, channels, **params)
+    raise ValueError(f"unknown norm type {type!r}; valid choices: {', '.join(NORMS)}")
+
+
+def norm_factory(**norm_cfg: Any) -> NormFactory:
+    """Bind the norm config so the network can ask for ``norm(channels)`` at each position."""
+    norm_cfg = {k: v for k, v in norm_cfg.items() if k in ("type", "_target_", "params")}
+    if norm_cfg.get("type", "batch") == "batch":
+        return nn.BatchNorm2d  # the class itself: the network's modules are plain BatchNorm2d
+    return lambda channels: make_norm(channels, **norm_cfg)
+
+
 def act_factory(**act_cfg: Any) -> ActFactory:
     """Bind the act config so the network can ask for ``act(channels)`` at each position."""
     keys = ("name", "prelu_init", "prelu_per_channel", "_target_", "params")
@@ -141,13 +179,17 @@ def _signature(target: str) -> set[str]:
         return set()
 
 
-def is_custom(conv_cfg: dict[str, Any], act_cfg: dict[str, Any]) -> list[str]:
-    """The user's own classes among the conv and act config, by import path."""
+def is_custom(
+    conv_cfg: dict[str, Any], act_cfg: dict[str, Any], norm_cfg: dict[str, Any] | None = None
+) -> list[str]:
+    """The user's own classes among the conv, act and norm config, by import path."""
     found = []
     if conv_cfg.get("type") == "custom":
         found.append(str(conv_cfg.get("_target_")))
     if act_cfg.get("name") == "custom":
         found.append(str(act_cfg.get("_target_")))
+    if (norm_cfg or {}).get("type") == "custom":
+        found.append(str((norm_cfg or {}).get("_target_")))
     return found
 
 

@@ -20,7 +20,7 @@ from .. import val_predictions
 from ..metrics import HISTORY_FILE, SUMMARY_FILE, SUMMARY_KEYS, RunSummary
 from ..overrides import NOT_CONFIGURATION, override_key
 
-GROUPS = ("model", "conv", "act", "amp", "init", "data", "optim", "sched", "experiment")
+GROUPS = ("model", "conv", "act", "norm", "amp", "init", "data", "optim", "sched", "experiment")
 # the per-job table's metric columns: fields of the summary the engine writes
 METRICS = (
     "best_val_top1",

@@ -26,21 +26,19 @@ import torch
 from torch import Tensor, nn
 
 from .. import densenet as plain
-from .. import heap
-from .fused import (
-    bn_act_conv,
-    bn_act_pool,
+from ..recompute import recomputed
+from .fused import MemoryHook, bn_act_conv, read_bn_act_conv
+from .stats import (
     cat_channels,
     fusable,
-    input_conv,
     normalize,
     pool_commutes,
-    read_bn_act_conv,
     shareable,
     unbiased_var,
     unit_stats,
     update_running_stats,
 )
+from .stem import bn_act_pool, input_conv
 
 log = logging.getLogger(__name__)
 
@@ -94,36 +92,39 @@ class DenseFeatures:
 class _DenseLayer(plain._DenseLayer):
     """The bottleneck layer, reading the block's shared statistics where it can."""
 
+    memory_hook: MemoryHook | None = None  # DenseNet.set_memory_hook
+
     def forward(self, inputs: Tensor | Sequence[Tensor] | DenseFeatures) -> Tensor:
         lean = self.memory_efficient and self.training and torch.is_grad_enabled()
         out = self._features(inputs, lean)
         if self.drop_rate > 0:
             out = nn.functional.dropout(out, p=self.drop_rate, training=self.training)
-        if lean:
-            heap.release_if_slack(out.device)  # see heap: glibc keeps the holes of transients
+        if lean and self.memory_hook is not None:
+            self.memory_hook(out.device)  # this layer's forward transients are freed
         return out
 
     def _features(self, inputs: Tensor | Sequence[Tensor] | DenseFeatures, lean: bool) -> Tensor:
         if isinstance(inputs, DenseFeatures) and inputs.normalized is not None:
             # the block normalised each feature map once and keeps norm1's running stats
+            hook = self.memory_hook
             h = read_bn_act_conv(
-                inputs.normalized, self.norm1, self.act1, self.conv1, inputs.unit, lean
+                inputs.normalized, self.norm1, self.act1, self.conv1, inputs.unit, lean, None, hook
             )
             if lean and fusable(self.norm2, self.conv2):
-                return bn_act_conv([h], self.norm2, self.act2, self.conv2)
+                return bn_act_conv([h], self.norm2, self.act2, self.conv2, hook=hook)
             return self.conv2(self.act2(self.norm2(h)))
         features = inputs.raw if isinstance(inputs, DenseFeatures) else plain.as_list(inputs)
         if not lean:
             return self.conv2(self._bn_act_conv_bn_act(*features))
         if fusable(self.norm1, self.conv1):
             # keep only the inputs of each BN-act-conv; backward recomputes BN and act, not convs
-            h = bn_act_conv(features, self.norm1, self.act1, self.conv1)
+            h = bn_act_conv(features, self.norm1, self.act1, self.conv1, hook=self.memory_hook)
             if fusable(self.norm2, self.conv2):
-                return bn_act_conv([h], self.norm2, self.act2, self.conv2)
+                return bn_act_conv([h], self.norm2, self.act2, self.conv2, hook=self.memory_hook)
             # dsconv: depthwise -> BN -> pointwise stays a module
             return self.conv2(self.act2(self.norm2(h)))
         # synchronized BN needs its collectives: recompute through the modules
-        return self.conv2(plain.recomputed(self, self._bn_act_conv_bn_act, *features))
+        return self.conv2(recomputed(self, self._bn_act_conv_bn_act, *features))
 
     def _bn_act_conv_bn_act(self, *inputs: Tensor) -> Tensor:
         """concat -> BN -> act -> 1x1 conv -> BN -> act: the activations that grow with depth."""
@@ -172,14 +173,17 @@ class _DenseBlock(plain._DenseBlock):
 class _Transition(plain._Transition):
     """Pools before its 1x1 conv (the same linear map on a quarter of the pixels)."""
 
+    memory_hook: MemoryHook | None = None  # DenseNet.set_memory_hook
+
     def __init__(
         self,
         num_input_features: int,
         num_output_features: int,
         act: Any,
+        norm: Any = nn.BatchNorm2d,
         memory_efficient: bool = False,
     ) -> None:
-        super().__init__(num_input_features, num_output_features, act)
+        super().__init__(num_input_features, num_output_features, act, norm)
         self.memory_efficient = memory_efficient  # DenseNet sets the network's
 
     def forward(self, x: Tensor | DenseFeatures) -> Tensor:  # type: ignore[override]
@@ -187,11 +191,15 @@ class _Transition(plain._Transition):
         pool = self.pool if pool_commutes(self.conv, self.pool) else None
         if isinstance(x, DenseFeatures) and x.readable_by(self.norm):
             update_running_stats([self.norm], *x.stats())
-            out = read_bn_act_conv(x.normalized, self.norm, self.act, self.conv, x.unit, lean, pool)
+            out = read_bn_act_conv(
+                x.normalized, self.norm, self.act, self.conv, x.unit, lean, pool, self.memory_hook
+            )
         else:
             features = x.raw if isinstance(x, DenseFeatures) else [x]
             if lean and fusable(self.norm, self.conv):
-                out = bn_act_conv(features, self.norm, self.act, self.conv, pool=pool)
+                out = bn_act_conv(
+                    features, self.norm, self.act, self.conv, pool=pool, hook=self.memory_hook
+                )
             else:
                 y = self.act(self.norm(cat_channels(features)))
                 out = self.conv(pool(y) if pool is not None else y)
@@ -203,6 +211,7 @@ class DenseNet(plain.DenseNet):
 
     block_type = _DenseBlock
     transition_type = _Transition
+    memory_hook: MemoryHook | None = None  # set_memory_hook
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -226,11 +235,18 @@ class DenseNet(plain.DenseNet):
                 ", ".join(plain_layers),
             )
 
+    def set_memory_hook(self, hook: MemoryHook | None) -> None:
+        """Have the memory-efficient layers call ``hook(device)`` each time they have freed their
+        transients, forward and backward (the engine hands in ``heap.HeapTrimmer`` on CPU)."""
+        for m in self.modules():
+            if isinstance(m, _DenseLayer | _Transition | DenseNet):
+                m.memory_hook = hook
+
     def forward(self, x: Tensor) -> Tensor:
         f = self.features
         if self._lean_stem():
             # keep only conv0's output; backward recomputes norm0, act0 and the pool
-            x = bn_act_pool(input_conv(x, f.conv0), f.norm0, f.act0, f.pool0)
+            x = bn_act_pool(input_conv(x, f.conv0, self.memory_hook), f.norm0, f.act0, f.pool0)
             for module in list(f.children())[4:]:
                 x = module(x)
         else:

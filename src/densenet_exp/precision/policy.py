@@ -1,15 +1,4 @@
-"""APEX's mixed-precision opt_levels O0-O3, rebuilt on ``torch.amp``.
-
-NVIDIA removed ``apex.amp`` in apex 25.07; the levels keep their documented meaning here:
-
-| level | weights | compute              | BatchNorm  | master weights | loss scale |
-|-------|---------|----------------------|------------|----------------|------------|
-| O0    | fp32    | fp32                 | fp32       | -              | none       |
-| O1    | fp32    | autocast (low dtype) | autocast   | -              | dynamic*   |
-| O2    | low     | low                  | fp32       | fp32           | dynamic*   |
-| O3    | low     | low                  | low        | -              | none (1.0) |
-
-\\* for float16 only: bfloat16 has fp32's exponent range and needs no loss scaling by default.
+"""One run's precision policy on ``torch.amp``: casting, autocast, loss scaling, stepping.
 
 The engine uses one :class:`Precision` per run: ``prepare`` once before DDP wrapping,
 ``autocast()`` around forward + loss, ``backward`` per micro-batch, ``step`` per optimizer step.
@@ -19,20 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from ._compat import choice
+from ..config import AmpBackend, AmpConfig
+from .spec import PrecisionError, amp_config, describe, resolve_spec
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("densenet_exp.precision")
 
-OPT_LEVELS = ("O0", "O1", "O2", "O3")
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 # APEX's dynamic scaler: start at 2**16, halve on overflow, double after 2000 clean steps
 DYNAMIC_INIT, DYNAMIC_FACTOR, DYNAMIC_WINDOW = 2.0**16, 2.0, 2000
 APEX_REMOVED = (
@@ -40,111 +26,6 @@ APEX_REMOVED = (
     "PyPI package named 'apex' is an unrelated project). amp.backend=native implements the same "
     "opt_levels O0-O3 on torch.amp: use it."
 )
-
-
-class PrecisionError(ValueError):
-    """An amp setting or combination APEX would also have rejected."""
-
-
-@dataclass(frozen=True)
-class PrecisionSpec:
-    """The resolved properties of a level after overrides (APEX's ``Properties``)."""
-
-    opt_level: str
-    dtype: torch.dtype  # the low dtype used by O1-O3
-    autocast: bool
-    cast_model: bool
-    keep_batchnorm_fp32: bool
-    master_weights: bool
-    loss_scale: str | float | None  # None: no scaling; "dynamic"; or a static number
-
-    @property
-    def low(self) -> torch.dtype | None:
-        return self.dtype if self.cast_model else None
-
-
-def resolve_spec(amp_cfg: Any, device: torch.device) -> PrecisionSpec:
-    """Level defaults + user overrides, validated as APEX validated them."""
-    level = choice(amp_cfg["opt_level"])
-    if level not in OPT_LEVELS:
-        raise PrecisionError(
-            f"unknown amp.opt_level {level!r}; valid choices: {', '.join(OPT_LEVELS)}"
-        )
-    dtype_name = choice(amp_cfg["dtype"])
-    if dtype_name == "auto":
-        dtype_name = "float16" if device.type == "cuda" else "bfloat16"
-    if dtype_name not in DTYPES:
-        raise PrecisionError(
-            f"unknown amp.dtype {dtype_name!r}; valid choices: auto, float16, bfloat16"
-        )
-    dtype = DTYPES[dtype_name]
-    keep_bn, master = amp_cfg["keep_batchnorm_fp32"], amp_cfg["master_weights"]
-    if level in ("O0", "O1"):
-        for key, value in (("keep_batchnorm_fp32", keep_bn), ("master_weights", master)):
-            if value is not None:
-                raise PrecisionError(
-                    f"amp.{key}={value} has no meaning with amp.opt_level={level}: the model stays "
-                    "fp32 there (APEX rejected it too); use O2 or O3, or set it to null"
-                )
-    defaults = {
-        "O0": dict(autocast=False, cast_model=False, keep_bn=False, master=False),
-        "O1": dict(autocast=True, cast_model=False, keep_bn=False, master=False),
-        "O2": dict(autocast=False, cast_model=True, keep_bn=True, master=True),
-        "O3": dict(autocast=False, cast_model=True, keep_bn=False, master=False),
-    }[level]
-    keep_bn = defaults["keep_bn"] if keep_bn is None else bool(keep_bn)
-    master = defaults["master"] if master is None else bool(master)
-    scale = _parse_loss_scale(amp_cfg["loss_scale"], level, dtype)
-    if level == "O0":
-        dtype = torch.float32
-    return PrecisionSpec(
-        level, dtype, defaults["autocast"], defaults["cast_model"], keep_bn, master, scale
-    )
-
-
-def describe(s: PrecisionSpec) -> str:
-    """The level in words, e.g. "O1: bf16 autocast, fp32 weights, no loss scaling"."""
-    low = _short(s.dtype)
-    if s.opt_level == "O0":
-        parts = ["fp32 throughout"]
-    elif s.autocast:
-        parts = [f"{low} autocast", "fp32 weights"]
-    else:
-        parts = [f"{low} weights and compute"]
-        parts.append("fp32 BatchNorm" if s.keep_batchnorm_fp32 else f"{low} BatchNorm")
-        if s.master_weights:
-            parts.append("fp32 master weights")
-    if s.loss_scale is None:
-        parts.append("no loss scaling")
-    elif s.loss_scale == "dynamic":
-        parts.append("dynamic loss scaling")
-    else:
-        parts.append(f"loss scale {s.loss_scale:g}")
-    return f"{s.opt_level}: {', '.join(parts)}"
-
-
-def _short(dtype: torch.dtype) -> str:
-    return {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}.get(
-        dtype, str(dtype).removeprefix("torch.")
-    )
-
-
-def _parse_loss_scale(value: Any, level: str, dtype: torch.dtype) -> str | float | None:
-    if value is None:
-        needs_scaling = level in ("O1", "O2") and dtype == torch.float16
-        return "dynamic" if needs_scaling else None
-    text = str(value).strip().lower()
-    if text == "dynamic":
-        return "dynamic"
-    try:
-        number = float(text)
-    except ValueError:
-        raise PrecisionError(
-            f"amp.loss_scale must be null, 'dynamic' or a positive number, got {value!r}"
-        ) from None
-    if not (number > 0 and math.isfinite(number)):
-        raise PrecisionError(f"amp.loss_scale must be a positive finite number, got {value!r}")
-    return None if number == 1.0 else number
 
 
 class _LowPrecisionGradScaler(torch.amp.GradScaler):
@@ -161,8 +42,9 @@ class _LowPrecisionGradScaler(torch.amp.GradScaler):
 class Precision:
     """One run's precision policy: model/optimizer preparation, autocast, scaling, stepping."""
 
-    def __init__(self, amp_cfg: Any, device: torch.device) -> None:
-        if choice(amp_cfg["backend"]) == "apex":
+    def __init__(self, amp_cfg: AmpConfig | Any, device: torch.device) -> None:
+        amp_cfg = amp_config(amp_cfg)
+        if amp_cfg.backend == AmpBackend.apex:
             try:
                 import apex.amp  # noqa: F401
             except ImportError:

@@ -1,124 +1,42 @@
 """Typed schema of the config tree.
 
 Every group of ``conf/`` merges into one of these dataclasses, so a misspelled key or enum value
-fails when Hydra composes the config, before any work starts. The enums are the valid choices.
+fails when Hydra composes the config, before any work starts. The enums (``choices``) are the
+valid choices; ``convert`` turns a composed config into these dataclasses and back.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
-
-class Stem(str, Enum):
-    imagenet = "imagenet"  # 7x7/s2 conv + 3x3/s2 max-pool (ImageNet DenseNets)
-    cifar = "cifar"  # one 3x3/s1 conv (DenseNet-BC for small images)
-
-
-class Impl(str, Enum):
-    fast = "fast"  # models/fast: shared BN statistics, recompute-in-backward kernels (default)
-    plain = "plain"  # models/densenet.py: the network as the paper draws it, as written
-
-
-class ConvType(str, Enum):
-    standard = "standard"
-    dsconv = "dsconv"
-    custom = "custom"  # a class of the user's own: conv._target_
-
-
-class ActName(str, Enum):
-    relu = "relu"
-    swish = "swish"
-    prelu = "prelu"
-    gelu = "gelu"
-    mish = "mish"
-    custom = "custom"  # a class of the user's own: act._target_
-
-
-class OptLevel(str, Enum):
-    O0 = "O0"
-    O1 = "O1"
-    O2 = "O2"
-    O3 = "O3"
-
-
-class AmpDtype(str, Enum):
-    auto = "auto"
-    float16 = "float16"
-    bfloat16 = "bfloat16"
-
-
-class AmpBackend(str, Enum):
-    native = "native"
-    apex = "apex"
-
-
-class InitName(str, Enum):
-    kaiming = "kaiming"
-    xavier = "xavier"
-    orthogonal = "orthogonal"
-    default = "default"
-
-
-class InitMode(str, Enum):
-    fan_in = "fan_in"
-    fan_out = "fan_out"
-
-
-class InitDistribution(str, Enum):
-    normal = "normal"
-    uniform = "uniform"
-
-
-class DataName(str, Enum):
-    digits = "digits"
-    imagefolder = "imagefolder"
-    synthetic = "synthetic"
-
-
-class Augment(str, Enum):
-    none = "none"
-    light = "light"  # small affine jitter, no flips: safe for digits and text
-    imagenet = "imagenet"  # RandomResizedCrop + horizontal flip
-
-
-class OnBadImage(str, Enum):
-    skip = "skip"
-    error = "error"
-
-
-class OptimName(str, Enum):
-    sgd = "sgd"
-    adamw = "adamw"
-
-
-class SchedName(str, Enum):
-    cos = "cos"
-    poly = "poly"
-    step = "step"
-    multistep = "multistep"
-    constant = "constant"
-
-
-class DeviceName(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-class LossName(str, Enum):
-    ce = "ce"
-    focal = "focal"
-
-
-class DistBackend(str, Enum):
-    auto = "auto"
-    nccl = "nccl"
-    gloo = "gloo"
+from .choices import (
+    ActName,
+    AmpBackend,
+    AmpDtype,
+    Augment,
+    AugmentOn,
+    CacheMode,
+    ConvType,
+    DataName,
+    DeviceName,
+    DistBackend,
+    Impl,
+    InitDistribution,
+    InitMode,
+    InitName,
+    LossName,
+    NormType,
+    OnBadImage,
+    OptimName,
+    OptLevel,
+    SchedName,
+    Stem,
+)
+from .parse import parse_count, parse_loss_scale
 
 
 @dataclass
@@ -162,6 +80,15 @@ class ActConfig:
 
 
 @dataclass
+class NormConfig:
+    type: NormType = NormType.batch
+    # type=custom: the class, called with the channel count (as num_channels=/num_features= if
+    # it takes either, e.g. torch.nn.GroupNorm, else first) and **params, by Hydra
+    _target_: Optional[str] = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class AmpConfig:
     opt_level: OptLevel = OptLevel.O0
     dtype: AmpDtype = AmpDtype.auto
@@ -169,6 +96,14 @@ class AmpConfig:
     master_weights: Optional[bool] = None  # null: the level's default
     loss_scale: Optional[str] = None  # null: the level's default; "dynamic" or a number
     backend: AmpBackend = AmpBackend.native
+
+    def __post_init__(self) -> None:
+        parse_loss_scale(self.loss_scale)  # a bad value fails when the config is made
+
+    @property
+    def requested_loss_scale(self) -> str | float | None:
+        """None (the level's default), ``"dynamic"`` or a number."""
+        return parse_loss_scale(self.loss_scale)
 
 
 @dataclass
@@ -193,6 +128,8 @@ class DataConfig:
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     augment: Augment = Augment.light
+    cache: CacheMode = CacheMode.auto  # decode once, keep uint8 in RAM (data/cache.py)
+    augment_on: AugmentOn = AugmentOn.auto  # where the train augmentation runs (data/augment.py)
     eval_crop_ratio: float = 1.0  # eval: resize to image_size / ratio, then center-crop image_size
     shuffle: bool = True
     on_bad_image: OnBadImage = OnBadImage.skip
@@ -201,6 +138,14 @@ class DataConfig:
     synthetic_train_size: int = 256
     synthetic_val_size: int = 64
     synthetic_classes: int = 10
+
+    def __post_init__(self) -> None:
+        parse_count(self.num_workers, "data.num_workers", 0)
+
+    @property
+    def workers(self) -> int | None:
+        """Loader workers per rank; None: ``auto``, what the rank's cores allow."""
+        return parse_count(self.num_workers, "data.num_workers", 0)
 
 
 @dataclass
@@ -246,6 +191,8 @@ class TrainerConfig:
     progress: bool = True
     log_every_n_steps: int = 50
     max_nonfinite_steps: int = 5  # stop after this many consecutive steps with a non-finite loss
+    # CPU, memory_efficient: hand glibc's freed heap pages back to the OS during a step (heap.py)
+    heap_trim: bool = True
 
 
 @dataclass
@@ -257,12 +204,21 @@ class DistConfig:
     backend: DistBackend = DistBackend.auto
     timeout_s: int = 300
 
+    def __post_init__(self) -> None:
+        parse_count(self.nproc_per_node, "dist.nproc_per_node", 1)
+
+    @property
+    def nproc(self) -> int | None:
+        """Ranks per machine; None: ``auto``, one per visible GPU (one on CPU)."""
+        return parse_count(self.nproc_per_node, "dist.nproc_per_node", 1)
+
 
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     conv: ConvConfig = field(default_factory=ConvConfig)
     act: ActConfig = field(default_factory=ActConfig)
+    norm: NormConfig = field(default_factory=NormConfig)
     amp: AmpConfig = field(default_factory=AmpConfig)
     init: InitConfig = field(default_factory=InitConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -284,7 +240,7 @@ register_configs()
 
 def config_dir() -> Path:
     """The ``conf/`` tree: packaged next to the code in a wheel, at the repo root in a checkout."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # the package: densenet_exp/
     for candidate in (here / "conf", here.parents[1] / "conf"):
         if (candidate / "config.yaml").is_file():
             return candidate

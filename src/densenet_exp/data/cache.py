@@ -1,0 +1,171 @@
+"""Decode once: every image of a split as uint8 at the size its transform needs, kept in RAM.
+
+Decoding (PIL) and the per-image resize are most of what a folder costs per epoch, and they give
+the same pixels every epoch. A cached split stores, per image, what the transform would compute
+before its first random step:
+
+- ``center``: the eval geometry, ``Resize(image_size / eval_crop_ratio)`` then
+  ``CenterCrop(image_size)`` (the validation split; and the train split for ``augment=light`` or
+  ``none``, whose random affine comes after that crop). Evaluation from the cache therefore sees
+  exactly the tensors it would see from the folder (tested).
+- ``whole``: for ``augment=imagenet``, the whole image resized to a square of side
+  ``image_size / eval_crop_ratio`` (aspect ratio given up for a fixed size, so a batch is one
+  tensor), with its original height and width: ``augment.BatchAugment`` draws the random crop in
+  the original's coordinates, as ``RandomResizedCrop`` would, and samples it from the square.
+
+A cached split yields whole batches ``(uint8 images, classes, indices)`` through ``__getitems__``
+(no per-image Python work in the loader); the training device turns them into normalised floats.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from .imagefolder import DECODE_ERRORS, DataError, Sample
+from .transforms import load_image
+
+log = logging.getLogger("densenet_exp")
+
+# the share of the machine's available memory that data.cache=auto may fill (all ranks together)
+RAM_BUDGET_SHARE = 0.5
+
+
+class DecodedSplit(Dataset):
+    """A split decoded once: ``images`` (N, 3, S, S) uint8, ``targets`` (N,), ``sizes`` (N, 2)."""
+
+    def __init__(
+        self,
+        images: Tensor,
+        targets: Tensor,
+        sizes: Tensor,
+        samples: list[Sample],
+        classes: list[str],
+        root: str | Path | None,
+        layout: str,
+    ) -> None:
+        self.images, self.targets, self.sizes = images, targets, sizes
+        self.samples = samples  # the images that decoded, in order: their names for predictions
+        self.classes = classes
+        self.root = root
+        self.layout = layout  # "center" or "whole" (module docstring)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[Tensor, Tensor, Tensor]:
+        index = torch.as_tensor(indices, dtype=torch.int64)
+        return self.images[index], self.targets[index], index
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
+        return self.__getitems__([i])
+
+    @property
+    def nbytes(self) -> int:
+        return self.images.nbytes
+
+
+def stored_side(image_size: int, eval_crop_ratio: float) -> int:
+    """The side of a ``whole`` image: what the eval transform resizes the short side to."""
+    return round(image_size / eval_crop_ratio)
+
+
+def estimate_bytes(n_images: int, side: int) -> int:
+    return n_images * 3 * side * side
+
+
+def ram_budget(local_ranks: int) -> int:
+    """Bytes one rank's cache may take: a share of the memory available now, split by ranks."""
+    available = _available_memory()
+    return int(available * RAM_BUDGET_SHARE / max(1, local_ranks))
+
+
+def _available_memory() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+class _Decode(Dataset):
+    """One file -> (uint8 3xSxS image, original (h, w)) or the error, for the parallel decode."""
+
+    def __init__(self, samples: list[Sample], geometry: v2.Transform) -> None:
+        self.samples, self.geometry = samples, geometry
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[int, Tensor | None, tuple[int, int], str]:
+        path = self.samples[i][0]
+        try:
+            image = v2.functional.to_image(load_image(path))
+        except DECODE_ERRORS as e:
+            return i, None, (0, 0), f"{type(e).__name__}: {e}"
+        h, w = image.shape[-2:]
+        return i, self.geometry(image), (h, w), ""
+
+
+def decode_split(
+    samples: list[Sample],
+    classes: list[str],
+    root: str | Path | None,
+    layout: str,
+    image_size: int,
+    eval_crop_ratio: float,
+    on_bad_image: str,
+    workers: int = 0,
+) -> DecodedSplit:
+    """Decode every image of ``samples`` once (``workers`` processes), in the given layout."""
+    if layout == "center":
+        side = image_size
+        geometry = v2.Compose(
+            [v2.Resize(stored_side(image_size, eval_crop_ratio)), v2.CenterCrop(image_size)]
+        )
+    elif layout == "whole":
+        side = stored_side(image_size, eval_crop_ratio)
+        geometry = v2.Resize((side, side))
+    else:
+        raise ValueError(f"unknown cache layout {layout!r}; valid choices: center, whole")
+    images = torch.empty(len(samples), 3, side, side, dtype=torch.uint8)
+    sizes = torch.zeros(len(samples), 2, dtype=torch.int64)
+    keep = torch.zeros(len(samples), dtype=torch.bool)
+    loader = DataLoader(
+        _Decode(samples, geometry), batch_size=64, num_workers=workers, collate_fn=list
+    )
+    for batch in loader:
+        for i, image, size, error in batch:
+            if image is None:
+                _bad(samples[i][0], error, on_bad_image)
+                continue
+            images[i], sizes[i], keep[i] = image, torch.tensor(size), True
+    kept = keep.nonzero().flatten()
+    targets = torch.tensor([samples[i][1] for i in kept.tolist()], dtype=torch.int64)
+    if len(kept) < len(samples):
+        images, sizes = images[kept], sizes[kept]
+    kept_samples = [samples[i] for i in kept.tolist()]
+    return DecodedSplit(images, targets, sizes, kept_samples, classes, root, layout)
+
+
+def _bad(path: str, error: str, on_bad_image: str) -> None:
+    if on_bad_image == "error":
+        raise DataError(f"cannot decode image {path}: {error} (data.on_bad_image=error)")
+    log.warning("skipping image that fails to decode: %s (%s)", path, error)
+
+
+def describe(splits: Sequence[Any]) -> str:
+    n = sum(len(s) for s in splits)
+    mb = sum(s.nbytes for s in splits) / 2**20
+    return f"{n:,} images decoded once, {mb:,.1f} MB of uint8 in RAM"
