@@ -6,11 +6,11 @@ For each data configuration and each pipeline variant (``data.cache`` x ``data.a
 - loader img/s: one pass over the train loader, including the batch augmentation on the device
   when the split is cached (what the model waits for), nothing else;
 - model img/s: the training step alone (forward, loss, backward, optimizer step) on one batch
-  that is already on the device, repeated;
+  that is already on the device, repeated; measured right before and right after the real run;
 - end-to-end img/s: a real run (``densenet_exp.train``), its ``img_per_s`` (training time only:
-  evaluation is not counted), and the ratio end-to-end / model.
+  evaluation is not counted), and the ratio end-to-end / model (the mean of before and after).
 
-    python benchmarks/bench_input.py                      # the default job (make run's), 3 epochs
+    python benchmarks/bench_input.py                      # the default job, as make run runs it
     python benchmarks/bench_input.py --jpeg --steps 8     # + a JPEG folder, densenet121 at 224 px
     python benchmarks/bench_input.py --device cuda --jpeg --batch 256 --amp O1
 
@@ -134,13 +134,26 @@ def bench(name: str, overrides: list[str], model_steps: int, out: Path) -> list[
     for variant, extra in VARIANTS.items():
         cfg = compose_cfg([*overrides, *extra])
         loader, setup = loader_rate(cfg)
-        model = model_rate(cfg, model_steps)
+        # the machine's speed drifts by 10-30% over minutes: the model alone right before and
+        # right after the real run, and the ratio to their mean
+        before = model_rate(cfg, model_steps)
         e2e = end_to_end_rate(cfg, out / f"run{len(rows)}-{abs(hash(name))}")
-        row = dict(data=name, variant=variant, setup_s=setup, loader=loader, model=model, e2e=e2e)
+        after = model_rate(cfg, model_steps)
+        model = (before + after) / 2
+        row = dict(
+            data=name,
+            variant=variant,
+            setup_s=setup,
+            loader=loader,
+            model_before=before,
+            model_after=after,
+            model=model,
+            e2e=e2e,
+        )
         rows.append(row)
         print(
-            f"| {name} | {variant} | {setup:.1f} | {loader:.0f} | {model:.1f} | {e2e:.1f} | "
-            f"{e2e / model:.2f}x |",
+            f"| {name} | {variant} | {setup:.1f} | {loader:.0f} | {before:.1f} / {after:.1f} | "
+            f"{e2e:.1f} | {e2e / model:.2f}x |",
             flush=True,
         )
     return rows
@@ -160,14 +173,14 @@ def cpu_flags() -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--epochs", type=int, default=3, help="default job: epochs of the real run")
+    p.add_argument("--epochs", type=int, default=15, help="default job: epochs (make run: 15)")
     p.add_argument("--jpeg", action="store_true", help="also a JPEG folder at 224 px")
     p.add_argument("--jpeg-model", default="densenet121")
     p.add_argument("--jpeg-images", type=int, default=320, help="train images (val: a quarter)")
     p.add_argument("--steps", type=int, default=8, help="JPEG folder: steps (real run, model)")
     p.add_argument("--batch", type=int, default=16, help="JPEG folder: batch size")
     p.add_argument("--amp", default="O0")
-    p.add_argument("--model-steps", type=int, default=40, help="default job: model-alone steps")
+    p.add_argument("--model-steps", type=int, default=150, help="default job: model-alone steps")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
@@ -182,8 +195,8 @@ def main() -> None:
     print(f"# torch {torch.__version__} on {args.device} ({torch.get_num_threads()} threads) | ")
     print(f"# CPU: {cpu_flags()} | {' '.join(sys.argv[1:])}")
     print(
-        "| data | pipeline | set-up s | loader img/s | model img/s | end-to-end img/s "
-        "| e2e / model |"
+        "| data | pipeline | set-up s | loader img/s | model img/s (before / after) "
+        "| end-to-end img/s | e2e / model |"
     )
     print("|---|---|---|---|---|---|---|")
     rows = []

@@ -16,6 +16,10 @@ and memory format.
     python benchmarks/bench_train.py --model densenet121 --image-size 128 --batch 32
     python benchmarks/bench_train.py --amp O0 O1 O2 --channels-last --device cuda --batch 64 256
     python benchmarks/bench_train.py --scaling            # memory/time vs depth, with/without ME
+    python benchmarks/bench_train.py --model densenet_bc_digits --image-size 16 --batch 64
+
+For ``densenet_bc_digits`` (``make run``'s model), which torchvision does not have, "tv" is our
+plain network (``model.impl=plain``): torchvision-shaped, the same layers.
 
 Peak memory: CUDA ``max_memory_allocated``; CPU the peak RSS. "act" is the peak minus the memory
 held between steps (weights, optimizer state): the activations and gradients of one step. On CPU
@@ -111,12 +115,12 @@ def _build(spec: dict, impl: str, me: bool):
     torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
     name = spec["model"]
-    if impl == "torchvision":
+    if name == "densenet_bc_digits":  # the default model of `make run`
+        # torchvision has no such network: its counterpart is our plain, torchvision-shaped one
+        cls = models.DenseNet if impl == "torchvision" else models.FastDenseNet
+        model = cls(12, (3, 3, 3), 24, num_classes=10, stem="cifar", memory_efficient=me)
+    elif impl == "torchvision":
         model = getattr(torchvision.models, name)(memory_efficient=me, num_classes=1000)
-    elif name == "densenet_bc_digits":  # the default model of `make run`
-        model = models.FastDenseNet(
-            12, (3, 3, 3), 24, num_classes=10, stem="cifar", memory_efficient=me
-        )
     elif name.startswith("densenet_bc"):
         depth = int(name.removeprefix("densenet_bc"))
         model = models.densenet_bc(depth, num_classes=10, memory_efficient=me)

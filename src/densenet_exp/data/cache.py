@@ -30,6 +30,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from ..process import loader_start_method, loader_worker_init
 from .imagefolder import DECODE_ERRORS, DataError, Sample
 from .transforms import load_image
 
@@ -142,8 +143,13 @@ def decode_split(
     images = torch.empty(len(samples), 3, side, side, dtype=torch.uint8)
     sizes = torch.zeros(len(samples), 2, dtype=torch.int64)
     keep = torch.zeros(len(samples), dtype=torch.bool)
+    parallel: dict[str, Any] = {}
+    if workers:  # the same process settings as the training loader's workers
+        parallel = dict(
+            worker_init_fn=loader_worker_init, multiprocessing_context=loader_start_method()
+        )
     loader = DataLoader(
-        _Decode(samples, geometry), batch_size=64, num_workers=workers, collate_fn=list
+        _Decode(samples, geometry), batch_size=64, num_workers=workers, collate_fn=list, **parallel
     )
     for batch in loader:
         for i, image, size, error in batch:
