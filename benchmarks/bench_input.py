@@ -6,9 +6,10 @@ For each data configuration and each pipeline variant (``data.cache`` x ``data.a
 - loader img/s: one pass over the train loader, including the batch augmentation on the device
   when the split is cached (what the model waits for), nothing else;
 - model img/s: the training step alone (forward, loss, backward, optimizer step) on one batch
-  that is already on the device, repeated; measured right before and right after the real run;
+  that is already on the device, repeated; measured before, between and after the real runs;
 - end-to-end img/s: a real run (``densenet_exp.train``), its ``img_per_s`` (training time only:
-  evaluation is not counted), and the ratio end-to-end / model (the mean of before and after).
+  evaluation is not counted), ``--rounds`` of them, each run's ratio to the mean of the model
+  measurements right before and right after it, and the median of those ratios.
 
     python benchmarks/bench_input.py                      # the default job, as make run runs it
     python benchmarks/bench_input.py --jpeg --steps 8     # + a JPEG folder, densenet121 at 224 px
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -129,31 +131,34 @@ def end_to_end_rate(cfg, run_dir: Path) -> float:
     return float(train(cfg, run_dir)["img_per_s"])
 
 
-def bench(name: str, overrides: list[str], model_steps: int, out: Path) -> list[dict]:
+def bench(name: str, overrides: list[str], model_steps: int, rounds: int, out: Path) -> list[dict]:
     rows = []
     for variant, extra in VARIANTS.items():
         cfg = compose_cfg([*overrides, *extra])
         loader, setup = loader_rate(cfg)
-        # the machine's speed drifts by 10-30% over minutes: the model alone right before and
-        # right after the real run, and the ratio to their mean
-        before = model_rate(cfg, model_steps)
-        e2e = end_to_end_rate(cfg, out / f"run{len(rows)}-{abs(hash(name))}")
-        after = model_rate(cfg, model_steps)
-        model = (before + after) / 2
+        # the machine's speed drifts by 10-30% over minutes: the model alone before and after
+        # each real run, each run's ratio to the mean of the two, and the median over the rounds
+        models = [model_rate(cfg, model_steps)]
+        e2es = []
+        for r in range(rounds):
+            e2es.append(end_to_end_rate(cfg, out / f"run{len(rows)}-{r}-{abs(hash(name))}"))
+            models.append(model_rate(cfg, model_steps))
+        ratios = [e / ((m0 + m1) / 2) for e, m0, m1 in zip(e2es, models, models[1:])]
         row = dict(
             data=name,
             variant=variant,
             setup_s=setup,
             loader=loader,
-            model_before=before,
-            model_after=after,
-            model=model,
-            e2e=e2e,
+            model=models,
+            e2e=e2es,
+            ratios=ratios,
+            ratio=statistics.median(ratios),
         )
         rows.append(row)
         print(
-            f"| {name} | {variant} | {setup:.1f} | {loader:.0f} | {before:.1f} / {after:.1f} | "
-            f"{e2e:.1f} | {e2e / model:.2f}x |",
+            f"| {name} | {variant} | {setup:.1f} | {loader:.0f} | "
+            f"{' / '.join(f'{m:.1f}' for m in models)} | {' / '.join(f'{e:.1f}' for e in e2es)} | "
+            f"{' / '.join(f'{r:.2f}' for r in ratios)} | {statistics.median(ratios):.2f}x |",
             flush=True,
         )
     return rows
@@ -182,6 +187,7 @@ def main() -> None:
     p.add_argument("--amp", default="O0")
     p.add_argument("--model-steps", type=int, default=150, help="default job: model-alone steps")
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--rounds", type=int, default=3, help="real runs per variant, model between")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     import torch
@@ -195,15 +201,15 @@ def main() -> None:
     print(f"# torch {torch.__version__} on {args.device} ({torch.get_num_threads()} threads) | ")
     print(f"# CPU: {cpu_flags()} | {' '.join(sys.argv[1:])}")
     print(
-        "| data | pipeline | set-up s | loader img/s | model img/s (before / after) "
-        "| end-to-end img/s | e2e / model |"
+        "| data | pipeline | set-up s | loader img/s | model img/s (between the runs) "
+        "| end-to-end img/s (each run) | e2e / model (each run) | median |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         digits = [*common, f"trainer.epochs={args.epochs}", f"data.root={out / 'digits'}"]
-        rows += bench("digits (default job)", digits, args.model_steps, out)
+        rows += bench("digits (default job)", digits, args.model_steps, args.rounds, out)
         if args.jpeg:
             folder = write_jpeg_folder(out / "jpeg", args.jpeg_images, args.jpeg_images // 4)
             jpeg = [
@@ -216,7 +222,8 @@ def main() -> None:
                 "trainer.epochs=1000",
                 "trainer.eval_every=1000",
             ]
-            rows += bench(f"JPEG folder, {args.jpeg_model} 224 px", jpeg, args.steps, out)
+            name = f"JPEG folder, {args.jpeg_model} 224 px"
+            rows += bench(name, jpeg, args.steps, args.rounds, out)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 
