@@ -41,6 +41,7 @@ from .stats import (
 from .stem import bn_act_pool, input_conv
 
 log = logging.getLogger(__name__)
+CHANNELS_LAST = torch.channels_last
 
 
 class DenseFeatures:
@@ -244,13 +245,28 @@ class DenseNet(plain.DenseNet):
 
     def forward(self, x: Tensor) -> Tensor:
         f = self.features
+        if self.stem != "imagenet":
+            return self.classifier(nn.functional.adaptive_avg_pool2d(f(x), 1).flatten(1))
+        # On CPU, max-pooling is ~13x slower on channels-first maps than on channels-last ones
+        # (torch 2.14, 32x64x64x64 with indices: 54 vs 4 ms), and the memory-efficient stem pools
+        # twice (forward, and again in backward): the stem runs channels-last from its small
+        # input on, and hands the first block the layout it was given.
+        back = (
+            x.device.type == "cpu"
+            and type(f.norm0) is nn.BatchNorm2d
+            and not x.is_contiguous(memory_format=CHANNELS_LAST)
+        )
+        if back:
+            x = x.contiguous(memory_format=CHANNELS_LAST)
         if self._lean_stem():
             # keep only conv0's output; backward recomputes norm0, act0 and the pool
             x = bn_act_pool(input_conv(x, f.conv0, self.memory_hook), f.norm0, f.act0, f.pool0)
-            for module in list(f.children())[4:]:
-                x = module(x)
         else:
-            x = f(x)
+            x = f.pool0(f.act0(f.norm0(f.conv0(x))))
+        if back:
+            x = x.contiguous()
+        for module in list(f.children())[4:]:
+            x = module(x)
         x = nn.functional.adaptive_avg_pool2d(x, 1).flatten(1)
         return self.classifier(x)
 
