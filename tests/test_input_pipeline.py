@@ -83,18 +83,18 @@ def test_device_augmentation_is_per_image_and_a_function_of_seed_epoch_and_index
     torch.manual_seed(0)
     image = torch.randint(0, 256, (1, 3, 24, 24), dtype=torch.uint8)
     batch = image.expand(4, -1, -1, -1).contiguous()  # one image, four times
-    sizes = torch.tensor([[30, 40]] * 4)
+    sizes = torch.tensor([[30, 40]] * 10)  # the originals' (h, w), by image index
     for augment in ("light", "imagenet"):
-        aug = BatchAugment(augment, 16, [0.5] * 3, [0.5] * 3, seed=7)
-        out = aug(batch, torch.tensor([3, 8, 5, 9]), epoch=2, sizes=sizes)
+        aug = BatchAugment(augment, 16, [0.5] * 3, [0.5] * 3, seed=7, sizes=sizes)
+        out = aug(batch, torch.tensor([3, 8, 5, 9]), epoch=2)
         assert out.shape == (4, 3, 16, 16)
         assert not torch.equal(out[0], out[1])  # two images of one batch: different crops
         # the same image index gives the same result in any batch, at any position
-        again = aug(batch[:2], torch.tensor([9, 3]), epoch=2, sizes=sizes[:2])
+        again = aug(batch[:2], torch.tensor([9, 3]), epoch=2)
         assert torch.equal(again[0], out[3]) and torch.equal(again[1], out[0])
-        assert not torch.equal(aug(batch[:1], torch.tensor([3]), 3, sizes[:1])[0], out[0])
-        other_seed = BatchAugment(augment, 16, [0.5] * 3, [0.5] * 3, seed=8)
-        assert not torch.equal(other_seed(batch[:1], torch.tensor([3]), 2, sizes[:1])[0], out[0])
+        assert not torch.equal(aug(batch[:1], torch.tensor([3]), 3)[0], out[0])
+        other_seed = BatchAugment(augment, 16, [0.5] * 3, [0.5] * 3, seed=8, sizes=sizes)
+        assert not torch.equal(other_seed(batch[:1], torch.tensor([3]), 2)[0], out[0])
 
 
 def test_the_counter_hash_gives_independent_uniform_draws():

@@ -145,18 +145,13 @@ def _cache(
     if d.augment_on != AugmentOn.loader:
         layout = "whole" if d.augment == Augment.imagenet else "center"
         train = cache.decode_split(train_s, bundle.classes, root, layout, *args)
-        augment = BatchAugment(d.augment.value, d.image_size, d.mean, d.std, seed)
         bundle.train = train
-        bundle.train_on_device = functools.partial(_augment_cached, augment, train.sizes)
+        bundle.train_on_device = BatchAugment(
+            d.augment.value, d.image_size, d.mean, d.std, seed, sizes=train.sizes
+        )
         cached.insert(0, train)
     where = "on the training device" if bundle.train_on_device else "per image, in the loader"
     log.info("data.cache: %s; train augmentation %s", cache.describe(cached), where)
-
-
-def _augment_cached(
-    augment: BatchAugment, sizes: Tensor, x: Tensor, index: Tensor, epoch: int
-) -> Tensor:
-    return augment(x, index, epoch, sizes[index])
 
 
 class Indexed(Dataset):

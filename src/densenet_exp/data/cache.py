@@ -66,8 +66,8 @@ class DecodedSplit(Dataset):
         index = torch.as_tensor(indices, dtype=torch.int64)
         return self.images[index], self.targets[index], index
 
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
-        return self.__getitems__([i])
+    def __getitem__(self, i: int) -> tuple[Tensor, int, int]:
+        return self.images[i], int(self.targets[i]), i
 
     @property
     def nbytes(self) -> int:

@@ -54,11 +54,6 @@ log = logging.getLogger(__name__)
 IMPLS: dict[str, type[DenseNet]] = {"fast": FastDenseNet, "plain": DenseNet}
 
 
-def _options(node: Any) -> dict[str, Any]:
-    """A conv/act/init node as the keyword options of the model's Python API (enums as strings)."""
-    return to_plain(node)
-
-
 def check_model_config(model_cfg: ModelConfig | Any) -> list[int]:
     """Every architecture key in range, before any work; returns the layers per block."""
     m = config_node(ModelConfig, model_cfg, "model")
@@ -98,7 +93,8 @@ def build_model(cfg: Config | Any, num_classes: int | None = None) -> nn.Module:
     if n_cls is None:
         raise ValueError("model.num_classes is null and no class count came from the data")
     blocks = check_model_config(m)
-    conv_cfg, act_cfg, norm_cfg = _options(cfg.conv), _options(cfg.act), _options(cfg.norm)
+    # the model's Python API takes plain keyword options (enums as strings)
+    conv_cfg, act_cfg, norm_cfg = to_plain(cfg.conv), to_plain(cfg.act), to_plain(cfg.norm)
     impl = m.impl.value
     own = is_custom(conv_cfg, act_cfg, norm_cfg)
     if impl == "fast" and own:
@@ -119,7 +115,7 @@ def build_model(cfg: Config | Any, num_classes: int | None = None) -> nn.Module:
         act=act_cfg,
         conv=conv_cfg,
         norm=norm_cfg,
-        init=_options(cfg.init),
+        init=to_plain(cfg.init),
     )
     if m.pretrained:
         replaced = load_pretrained(model, m.pretrained)

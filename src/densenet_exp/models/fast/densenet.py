@@ -244,9 +244,12 @@ class DenseNet(plain.DenseNet):
                 m.memory_hook = hook
 
     def forward(self, x: Tensor) -> Tensor:
+        x = self._imagenet_features(x) if self.stem == "imagenet" else self.features(x)
+        x = nn.functional.adaptive_avg_pool2d(x, 1).flatten(1)
+        return self.classifier(x)
+
+    def _imagenet_features(self, x: Tensor) -> Tensor:
         f = self.features
-        if self.stem != "imagenet":
-            return self.classifier(nn.functional.adaptive_avg_pool2d(f(x), 1).flatten(1))
         # On CPU, max-pooling is ~13x slower on channels-first maps than on channels-last ones
         # (torch 2.14, 32x64x64x64 with indices: 54 vs 4 ms), and the memory-efficient stem pools
         # twice (forward, and again in backward): the stem runs channels-last from its small
@@ -267,14 +270,12 @@ class DenseNet(plain.DenseNet):
             x = x.contiguous()
         for module in list(f.children())[4:]:
             x = module(x)
-        x = nn.functional.adaptive_avg_pool2d(x, 1).flatten(1)
-        return self.classifier(x)
+        return x
 
     def _lean_stem(self) -> bool:
         f = self.features
         return (
-            self.stem == "imagenet"
-            and self.memory_efficient
+            self.memory_efficient
             and self.training
             and torch.is_grad_enabled()
             and shareable(f.norm0)
