@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Input pipeline throughput: the loader alone, the model alone, and training end to end.
 
-For each data configuration and each pipeline variant (``data.cache`` x ``data.augment_on``):
+For each data configuration and each pipeline variant (``data.cache`` x ``data.augment_on``, and
+on a GPU ``data.decode=gpu``):
 
 - loader img/s: one pass over the train loader, including the batch augmentation on the device
   when the split is cached (what the model waits for), nothing else;
@@ -34,8 +35,13 @@ sys.path.insert(0, str(ROOT / "src"))
 
 VARIANTS = {
     "folder, per-image loader (cache=none)": ["data.cache=none", "data.augment_on=loader"],
+    "cache=none, augment_on=device (decoded in the loader)": [
+        "data.cache=none",
+        "data.augment_on=device",
+    ],
     "cache=ram, augment_on=device": ["data.cache=ram", "data.augment_on=device"],
 }
+GPU_VARIANTS = {"cache=none, decode=gpu (nvJPEG)": ["data.cache=none", "data.decode=gpu"]}
 
 
 def compose_cfg(overrides: list[str]):
@@ -77,6 +83,7 @@ def loader_rate(cfg) -> tuple[float, float]:
 
     from densenet_exp.config import to_typed
     from densenet_exp.distributed import DistContext, resolve_device
+    from densenet_exp.engine import epoch as ep
     from densenet_exp.engine.build import build
 
     device = resolve_device(str(cfg.trainer.device))
@@ -84,11 +91,10 @@ def loader_rate(cfg) -> tuple[float, float]:
     c = build(to_typed(cfg), DistContext(device=device))
     setup = time.perf_counter() - t
     n, t = 0, time.perf_counter()
-    for x, y, *index in c.train_loader:
-        x = x.to(device)
-        if c.bundle.train_on_device is not None:
-            x = c.bundle.train_on_device(x, index[0], 0)
-        n += len(y)
+    for batch in c.train_loader:
+        if batch is not None:
+            _, y = ep._to_device(c, batch, device, 0)
+            n += len(y)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return n / (time.perf_counter() - t), setup
@@ -131,9 +137,11 @@ def end_to_end_rate(cfg, run_dir: Path) -> float:
     return float(train(cfg, run_dir)["img_per_s"])
 
 
-def bench(name: str, overrides: list[str], model_steps: int, rounds: int, out: Path) -> list[dict]:
+def bench(
+    name: str, overrides: list[str], model_steps: int, rounds: int, out: Path, variants: dict
+) -> list[dict]:
     rows = []
-    for variant, extra in VARIANTS.items():
+    for variant, extra in variants.items():
         cfg = compose_cfg([*overrides, *extra])
         loader, setup = loader_rate(cfg)
         # the machine's speed drifts by 10-30% over minutes: the model alone before and after
@@ -205,11 +213,12 @@ def main() -> None:
         "| end-to-end img/s (each run) | e2e / model (each run) | median |"
     )
     print("|---|---|---|---|---|---|---|---|")
+    variants = {**VARIANTS, **(GPU_VARIANTS if args.device.startswith("cuda") else {})}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         digits = [*common, f"trainer.epochs={args.epochs}", f"data.root={out / 'digits'}"]
-        rows += bench("digits (default job)", digits, args.model_steps, args.rounds, out)
+        rows += bench("digits (default job)", digits, args.model_steps, args.rounds, out, variants)
         if args.jpeg:
             folder = write_jpeg_folder(out / "jpeg", args.jpeg_images, args.jpeg_images // 4)
             jpeg = [
@@ -223,7 +232,7 @@ def main() -> None:
                 "trainer.eval_every=1000",
             ]
             name = f"JPEG folder, {args.jpeg_model} 224 px"
-            rows += bench(name, jpeg, args.steps, args.rounds, out)
+            rows += bench(name, jpeg, args.steps, args.rounds, out, variants)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

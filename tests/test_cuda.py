@@ -8,9 +8,14 @@ import pytest
 import torch
 from conftest import TINY, assert_as_accurate, compose_cfg, free_port
 from test_precision import amp, train_steps
+from test_streamed import FOLDER, photos  # noqa: F401 - the fixture
 from torch import nn
+from torch.utils.data import DataLoader
 
 from densenet_exp import train
+from densenet_exp.config import to_typed
+from densenet_exp.data import build_datasets
+from densenet_exp.data.streamed import DeviceDecoder
 from densenet_exp.models import densenet121
 from densenet_exp.models.fast import DenseNet  # what trains by default
 from densenet_exp.models.sync_batchnorm import convert_sync_batchnorm
@@ -162,3 +167,26 @@ def test_training_runs_end_to_end_on_cuda(tmp_path, level):
         tmp_path / "run" / "checkpoints" / "last.pt", map_location="cpu", weights_only=True
     )
     assert state["precision"]["opt_level"] == level
+
+
+def test_jpegs_decode_on_the_gpu_close_to_pil_and_train(photos, tmp_path):  # noqa: F811
+    gpu = [*FOLDER, f"data.root={photos}", "data.cache=none", "data.decode=gpu"]
+    split = build_datasets(to_typed(compose_cfg(gpu)).data).val
+    loader = DataLoader(split, batch_size=5, collate_fn=split.collate)
+    on_cpu, on_gpu = DeviceDecoder(split, "cpu"), DeviceDecoder(split, CUDA)
+    for batch in loader:
+        a, b = on_cpu(batch), on_gpu(batch)
+        assert b[0].device.type == "cuda" and torch.equal(a[2], b[2])
+        diff = (a[0].int() - b[0].cpu().int()).abs()
+        # nvJPEG's IDCT and chroma upsampling are not libjpeg's: a few levels of 255
+        assert diff.float().mean() < 4, diff.float().mean()
+    cfg = compose_cfg(
+        [
+            *[o for o in TINY if not o.startswith("data.")],
+            *gpu,
+            "trainer.device=cuda",
+            "amp=O1",
+        ]
+    )
+    summary = train(cfg, tmp_path / "run")
+    assert summary["status"] == "completed" and summary["steps"] == 3

@@ -59,7 +59,7 @@ def test_cached_and_uncached_evaluation_see_the_same_tensors(photos, augment):
     assert len(cached.val) == len(folder.val) == 12
     for i in range(len(folder.val)):
         expected, target = folder.val[i]
-        x, y, index = cached.val.__getitems__([i])
+        x, y, index, _ = cached.val.__getitems__([i])
         got = cached.eval_on_device(x)[0]
         assert torch.equal(got, expected), i  # bit for bit, not just close
         assert int(y) == target and int(index) == i
@@ -70,11 +70,14 @@ def test_the_loaders_hand_out_whole_cached_batches_with_their_indices(photos):
     d = data_cfg(photos, "data.cache=ram")
     bundle = build_datasets(d, seed=3)
     train_loader, val_loader, _ = build_loaders(bundle, d, 0, 1, 3, torch.device("cpu"))
-    x, y, index = next(iter(train_loader))
+    x, y, index, sizes = next(iter(train_loader))
     # augment=imagenet (imagefolder's default) keeps the whole image: 16 / 0.875 = 18 px square
     assert x.dtype == torch.uint8 and x.shape == (4, 3, 18, 18)
     assert torch.equal(bundle.train.targets[index], y)
-    out = bundle.train_on_device(x, index, 0)
+    # with the originals' (h, w), which the crops are drawn in
+    originals = [Image.open(bundle.train.samples[i][0]).size[::-1] for i in index.tolist()]
+    assert sizes.tolist() == [list(hw) for hw in originals]
+    out = bundle.train_on_device(x, index, 0, sizes)
     assert out.dtype == torch.float32 and out.shape == (4, 3, 16, 16)
     assert sum(len(b[1]) for b in val_loader) == 12
 
@@ -83,18 +86,18 @@ def test_device_augmentation_is_per_image_and_a_function_of_seed_epoch_and_index
     torch.manual_seed(0)
     image = torch.randint(0, 256, (1, 3, 24, 24), dtype=torch.uint8)
     batch = image.expand(4, -1, -1, -1).contiguous()  # one image, four times
-    sizes = torch.tensor([[30, 40]] * 10)  # the originals' (h, w), by image index
+    sizes = torch.tensor([[30, 40]] * 4)  # the originals' (h, w)
     for augment in ("light", "imagenet"):
-        aug = BatchAugment(augment, 16, [0.5] * 3, [0.5] * 3, seed=7, sizes=sizes)
-        out = aug(batch, torch.tensor([3, 8, 5, 9]), epoch=2)
+        aug = BatchAugment(augment, 16, [0.5] * 3, [0.5] * 3, seed=7)
+        out = aug(batch, torch.tensor([3, 8, 5, 9]), 2, sizes)
         assert out.shape == (4, 3, 16, 16)
         assert not torch.equal(out[0], out[1])  # two images of one batch: different crops
         # the same image index gives the same result in any batch, at any position
-        again = aug(batch[:2], torch.tensor([9, 3]), epoch=2)
+        again = aug(batch[:2], torch.tensor([9, 3]), 2, sizes[:2])
         assert torch.equal(again[0], out[3]) and torch.equal(again[1], out[0])
-        assert not torch.equal(aug(batch[:1], torch.tensor([3]), 3)[0], out[0])
-        other_seed = BatchAugment(augment, 16, [0.5] * 3, [0.5] * 3, seed=8, sizes=sizes)
-        assert not torch.equal(other_seed(batch[:1], torch.tensor([3]), 2)[0], out[0])
+        assert not torch.equal(aug(batch[:1], torch.tensor([3]), 3, sizes[:1])[0], out[0])
+        other_seed = BatchAugment(augment, 16, [0.5] * 3, [0.5] * 3, seed=8)
+        assert not torch.equal(other_seed(batch[:1], torch.tensor([3]), 2, sizes[:1])[0], out[0])
 
 
 def test_the_counter_hash_gives_independent_uniform_draws():

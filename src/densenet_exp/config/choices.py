@@ -99,9 +99,14 @@ class CacheMode(Choice):
 
 
 class AugmentOn(Choice):
-    auto = "auto"  # device when the train split is cached, else loader
+    auto = "auto"  # device when the train split is cached or decoded on the GPU, else loader
     device = "device"  # whole batches on the training device, per-image parameters
     loader = "loader"  # per image, in the loader (torchvision v2 on PIL images)
+
+
+class DecodeOn(Choice):
+    cpu = "cpu"  # PIL, in the loader (or once, into the cache)
+    gpu = "gpu"  # nvJPEG on the training GPU, every epoch, for splits not cached (data/streamed.py)
 
 
 class OnBadImage(Choice):

@@ -22,6 +22,7 @@ from .choices import (
     CacheMode,
     ConvType,
     DataName,
+    DecodeOn,
     DeviceName,
     DistBackend,
     Impl,
@@ -130,6 +131,7 @@ class DataConfig:
     augment: Augment = Augment.light
     cache: CacheMode = CacheMode.auto  # decode once, keep uint8 in RAM (data/cache.py)
     augment_on: AugmentOn = AugmentOn.auto  # where the train augmentation runs (data/augment.py)
+    decode: DecodeOn = DecodeOn.cpu  # where uncached JPEGs are decoded (data/streamed.py)
     eval_crop_ratio: float = 1.0  # eval: resize to image_size / ratio, then center-crop image_size
     shuffle: bool = True
     on_bad_image: OnBadImage = OnBadImage.skip

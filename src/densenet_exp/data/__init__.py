@@ -5,15 +5,24 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset
 
-from ..config import Augment, AugmentOn, CacheMode, DataConfig, DataName, parse_count
+from ..config import (
+    Augment,
+    AugmentOn,
+    CacheMode,
+    ConfigError,
+    DataConfig,
+    DataName,
+    DecodeOn,
+    parse_count,
+)
 from ..config import node as config_node
 from ..process import loader_start_method, loader_worker_init
 from . import cache
@@ -27,6 +36,8 @@ from .imagefolder import (
     build_imagefolder_splits,
     collate_skip_bad,
 )
+from .samplers import Indexed, ResumableSampler, ShardSampler
+from .streamed import DeviceDecodedLoader, DeviceDecoder, StreamedSplit
 from .synthetic import SyntheticDataset
 from .transforms import build_transform, load_image
 
@@ -40,6 +51,7 @@ __all__ = [
     "ShardSampler",
     "build_datasets",
     "build_loaders",
+    "check_decode",
     "eval_transform_settings",
     "load_image",
     "resolve_num_workers",
@@ -51,9 +63,10 @@ class DataBundle:
     train: Dataset
     val: Dataset
     classes: list[str]
-    # set when the train split is cached: its augmentation, on batches on the training device
-    train_on_device: Callable[[Tensor, Tensor, int], Tensor] | None = None
-    # set when the val split is cached: its batches' last eval steps (ToDtype, Normalize)
+    # set when train batches reach the device as uint8 (cached or streamed): their augmentation,
+    # called with (images, indices, epoch, original sizes)
+    train_on_device: Callable[[Tensor, Tensor, int, Tensor], Tensor] | None = None
+    # set when val batches reach the device as uint8: their last eval steps (ToDtype, Normalize)
     eval_on_device: Callable[[Tensor], Tensor] | None = None
 
 
@@ -105,9 +118,29 @@ def build_datasets(
         ImageFolderDataset(val_s, classes, eval_tf, on_bad, root=root),
         classes,
     )
+    check_decode(d)
+    workers = resolve_num_workers(d.num_workers, cores)
     if _cache_wanted(d, len(train_s) + len(val_s), local_ranks):
-        _cache(bundle, d, train_s, val_s, root, seed, resolve_num_workers(d.num_workers, cores))
+        _cache(bundle, d, (train_s, val_s), root, seed, workers)
+    elif d.decode == DecodeOn.gpu or d.augment_on == AugmentOn.device:
+        _stream(bundle, d, (train_s, val_s), root, seed)
     return bundle
+
+
+def check_decode(data_cfg: DataConfig, device: torch.device | None = None) -> None:
+    """``data.decode=gpu`` needs device augmentation and, once the device is known, a GPU."""
+    if data_cfg.decode != DecodeOn.gpu:
+        return
+    if data_cfg.augment_on == AugmentOn.loader:
+        raise ConfigError(
+            "data.decode=gpu decodes on the training device, so the train augmentation runs there "
+            "too: data.augment_on=loader cannot go with it (valid choices: auto, device)"
+        )
+    if device is not None and device.type != "cuda":
+        raise ConfigError(
+            f"data.decode=gpu decodes JPEGs with nvJPEG on the training GPU, but this run trains "
+            f"on {device}; valid choices here: cpu"
+        )
 
 
 def _cache_wanted(d: DataConfig, n_images: int, local_ranks: int) -> bool:
@@ -128,87 +161,48 @@ def _cache_wanted(d: DataConfig, n_images: int, local_ranks: int) -> bool:
     return True
 
 
+Splits = tuple[list[Sample], list[Sample]]  # the train and val samples
+
+
 def _cache(
-    bundle: DataBundle,
-    d: DataConfig,
-    train_s: list[Sample],
-    val_s: list[Sample],
-    root: Any,
-    seed: int,
-    workers: int,
+    bundle: DataBundle, d: DataConfig, splits: Splits, root: Any, seed: int, workers: int
 ) -> None:
     """Replace the bundle's folder splits by decoded ones (train only with device augmentation)."""
+    train_s, val_s = splits
     args = (d.image_size, d.eval_crop_ratio, d.on_bad_image.value, workers)
     bundle.val = cache.decode_split(val_s, bundle.classes, root, "center", *args)
     bundle.eval_on_device = functools.partial(normalize_batch, mean=d.mean, std=d.std)
     cached = [bundle.val]
     if d.augment_on != AugmentOn.loader:
-        layout = "whole" if d.augment == Augment.imagenet else "center"
-        train = cache.decode_split(train_s, bundle.classes, root, layout, *args)
-        bundle.train = train
-        bundle.train_on_device = BatchAugment(
-            d.augment.value, d.image_size, d.mean, d.std, seed, sizes=train.sizes
-        )
-        cached.insert(0, train)
+        bundle.train = cache.decode_split(train_s, bundle.classes, root, _train_layout(d), *args)
+        bundle.train_on_device = BatchAugment(d.augment.value, d.image_size, d.mean, d.std, seed)
+        cached.insert(0, bundle.train)
     where = "on the training device" if bundle.train_on_device else "per image, in the loader"
     log.info("data.cache: %s; train augmentation %s", cache.describe(cached), where)
+    if d.decode == DecodeOn.gpu:
+        log.info("data.decode=gpu: nothing left to decode each epoch, the splits are cached")
 
 
-class Indexed(Dataset):
-    """A data set whose items carry their index, ``(x, y, i)``, so evaluation can name each image.
-
-    An unreadable item stays None (``collate_skip_bad`` drops it).
-    """
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, index: int) -> Any:
-        item = self.dataset[index]
-        return None if item is None else (*item, index)
-
-
-class ResumableSampler(DistributedSampler):
-    """DistributedSampler that can start an epoch part-way, without touching skipped samples.
-
-    The epoch's order depends only on (seed, epoch), so a resumed run sees exactly the batches the
-    interrupted one had not yet trained on.
-    """
-
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, shuffle: bool, seed: int):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
-        self.start_index = 0
-
-    def set_start(self, start_index: int) -> None:
-        """Skip the first ``start_index`` samples of this rank's shard for the current epoch."""
-        self.start_index = start_index
-
-    def __iter__(self) -> Iterator[int]:
-        indices = list(super().__iter__())
-        return iter(indices[self.start_index :])
-
-    def __len__(self) -> int:
-        return self.num_samples - self.start_index
+def _stream(bundle: DataBundle, d: DataConfig, splits: Splits, root: Any, seed: int) -> None:
+    """Uncached splits sent to the device as uint8 batches: the train split, and with
+    ``decode=gpu`` the val split too (``streamed``)."""
+    train_s, val_s = splits
+    gpu = d.decode == DecodeOn.gpu
+    args = (d.image_size, d.eval_crop_ratio, d.on_bad_image.value, gpu)
+    bundle.train = StreamedSplit(train_s, bundle.classes, root, _train_layout(d), *args)
+    bundle.train_on_device = BatchAugment(d.augment.value, d.image_size, d.mean, d.std, seed)
+    if gpu:
+        bundle.val = StreamedSplit(val_s, bundle.classes, root, "center", *args)
+        bundle.eval_on_device = functools.partial(normalize_batch, mean=d.mean, std=d.std)
+    log.info(
+        "data: decoding every epoch %s; train augmentation on the training device",
+        "on the GPU (nvJPEG) for JPEGs, in the loader for the rest" if gpu else "in the loader",
+    )
 
 
-class ShardSampler(Sampler[int]):
-    """Every ``world``-th index from ``rank``, with no padding.
-
-    torch's DistributedSampler pads the last shard with repeats, which would count some
-    validation images twice; evaluation sums counts across ranks instead.
-    """
-
-    def __init__(self, size: int, rank: int, world: int) -> None:
-        self.indices = list(range(rank, size, world))
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
+def _train_layout(d: DataConfig) -> str:
+    """``imagenet`` crops from the whole image; the others start from the eval center crop."""
+    return "whole" if d.augment == Augment.imagenet else "center"
 
 
 MAX_AUTO_WORKERS = 8  # past this, decoding rarely holds a rank back and each worker costs RAM
@@ -233,9 +227,13 @@ def build_loaders(
     seed: int,
     device: torch.device,
     cores: int = 1,
-) -> tuple[DataLoader, DataLoader, ResumableSampler]:
-    """This rank's train and val loaders; ``cores``: the rank's share, for ``num_workers=auto``."""
+) -> tuple[Iterable, Iterable, ResumableSampler]:
+    """This rank's train and val loaders; ``cores``: the rank's share, for ``num_workers=auto``.
+
+    A loader yields ``(x, y)`` (per image), ``(x, y, index)`` (val, per image) or, for a cached
+    or streamed split, ``(uint8 x, y, index, original sizes)`` for the device to finish."""
     d = config_node(DataConfig, data_cfg)
+    check_decode(d, device)
     batch = d.batch_size
     if batch < 1:
         raise ValueError(f"data.batch_size must be >= 1, got {batch}")
@@ -262,20 +260,23 @@ def build_loaders(
     generator = torch.Generator().manual_seed(seed + rank)
     # a decoded split hands out whole batches (__getitems__): nothing for workers to do
     batched = dict(num_workers=0, pin_memory=pin, collate_fn=_as_batch)
-    train = DataLoader(
-        bundle.train,
-        batch_size=batch,
-        sampler=sampler,
-        drop_last=True,
-        generator=generator,
-        **(batched if isinstance(bundle.train, DecodedSplit) else loader_args),
-    )
-    cached_val = isinstance(bundle.val, DecodedSplit)
-    val = DataLoader(
-        bundle.val if cached_val else Indexed(bundle.val),
-        batch_size=batch,
+
+    def loader(dataset: Dataset, **kwargs: Any) -> Iterable:
+        if isinstance(dataset, DecodedSplit):
+            return DataLoader(dataset, batch_size=batch, **kwargs, **batched)
+        if not isinstance(dataset, StreamedSplit):
+            return DataLoader(dataset, batch_size=batch, **kwargs, **loader_args)
+        args = {**loader_args, "collate_fn": dataset.collate}
+        streamed = DataLoader(dataset, batch_size=batch, **kwargs, **args)
+        if not dataset.encoded:
+            return streamed
+        return DeviceDecodedLoader(streamed, DeviceDecoder(dataset, device))
+
+    train = loader(bundle.train, sampler=sampler, drop_last=True, generator=generator)
+    per_image_val = not isinstance(bundle.val, DecodedSplit | StreamedSplit)
+    val = loader(
+        Indexed(bundle.val) if per_image_val else bundle.val,
         sampler=ShardSampler(len(bundle.val), rank, world),
-        **(batched if cached_val else loader_args),
     )
     return train, val, sampler
 

@@ -104,37 +104,30 @@ def resized_crop_params(u: Tensor, sizes: Tensor) -> Tensor:
 
 
 class BatchAugment:
-    """A cached split's train transform (``augment``) on a uint8 batch, where the batch is."""
+    """A train transform (``augment``) on a uint8 batch of a device split, where the batch is."""
 
     def __init__(
-        self,
-        augment: str,
-        image_size: int,
-        mean: Sequence[float],
-        std: Sequence[float],
-        seed: int,
-        sizes: Tensor | None = None,
+        self, augment: str, image_size: int, mean: Sequence[float], std: Sequence[float], seed: int
     ) -> None:
-        """``sizes``: every image's original (h, w), by image index (``imagenet`` needs them)."""
         if augment not in ("none", "light", "imagenet"):
             raise ValueError(f"unknown data.augment {augment!r}; valid: none, light, imagenet")
-        if augment == "imagenet" and sizes is None:
-            raise ValueError("augment=imagenet needs the original image sizes")
         self.augment, self.image_size, self.seed = augment, image_size, seed
         self.mean, self.std = list(mean), list(std)
-        self.sizes = sizes
 
-    def __call__(self, x: Tensor, index: Tensor, epoch: int) -> Tensor:
+    def __call__(self, x: Tensor, index: Tensor, epoch: int, sizes: Tensor | None = None) -> Tensor:
         """Normalised float images of ``image_size`` from the uint8 batch ``x`` of the images
-        ``index``, as augmented in ``epoch``."""
+        ``index``, as augmented in ``epoch``; ``sizes``: their original (h, w), which
+        ``imagenet`` draws its crops in."""
         x = v2.functional.to_dtype(x, torch.float32, scale=True)
         if self.augment == "light":
             theta = affine_params(uniforms(self.seed, epoch, index, 4), x.shape[-1])
             x = _sample(x, theta, self.image_size, "nearest")
         elif self.augment == "imagenet":
+            if sizes is None:
+                raise ValueError("augment=imagenet needs the batch's original image sizes")
             u = uniforms(self.seed, epoch, index, 4 * ATTEMPTS + 1)
-            sizes = self.sizes[index.cpu()]
-            x = _sample(x, resized_crop_params(u, sizes), self.image_size, "bilinear")
+            theta = resized_crop_params(u, sizes.cpu())
+            x = _sample(x, theta, self.image_size, "bilinear")
         return v2.functional.normalize(x, self.mean, self.std)
 
 

@@ -62,12 +62,13 @@ class DecodedSplit(Dataset):
     def __len__(self) -> int:
         return len(self.targets)
 
-    def __getitems__(self, indices: Sequence[int]) -> tuple[Tensor, Tensor, Tensor]:
+    def __getitems__(self, indices: Sequence[int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The batch ``(images, targets, indices, original sizes)``, as a device split's."""
         index = torch.as_tensor(indices, dtype=torch.int64)
-        return self.images[index], self.targets[index], index
+        return self.images[index], self.targets[index], index, self.sizes[index]
 
-    def __getitem__(self, i: int) -> tuple[Tensor, int, int]:
-        return self.images[i], int(self.targets[i]), i
+    def __getitem__(self, i: int) -> tuple[Tensor, int, int, Tensor]:
+        return self.images[i], int(self.targets[i]), i, self.sizes[i]
 
     @property
     def nbytes(self) -> int:
@@ -100,6 +101,20 @@ def _available_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
+def layout_geometry(
+    layout: str, image_size: int, eval_crop_ratio: float
+) -> tuple[int, v2.Transform]:
+    """A layout's stored side and the transform that makes it from a decoded uint8 image (on
+    whatever device the image is)."""
+    if layout == "center":
+        resize = v2.Resize(stored_side(image_size, eval_crop_ratio), antialias=True)
+        return image_size, v2.Compose([resize, v2.CenterCrop(image_size)])
+    if layout == "whole":
+        side = stored_side(image_size, eval_crop_ratio)
+        return side, v2.Resize((side, side), antialias=True)
+    raise ValueError(f"unknown cache layout {layout!r}; valid choices: center, whole")
+
+
 class _Decode(Dataset):
     """One file -> (uint8 3xSxS image, original (h, w)) or the error, for the parallel decode."""
 
@@ -130,16 +145,7 @@ def decode_split(
     workers: int = 0,
 ) -> DecodedSplit:
     """Decode every image of ``samples`` once (``workers`` processes), in the given layout."""
-    if layout == "center":
-        side = image_size
-        geometry = v2.Compose(
-            [v2.Resize(stored_side(image_size, eval_crop_ratio)), v2.CenterCrop(image_size)]
-        )
-    elif layout == "whole":
-        side = stored_side(image_size, eval_crop_ratio)
-        geometry = v2.Resize((side, side))
-    else:
-        raise ValueError(f"unknown cache layout {layout!r}; valid choices: center, whole")
+    side, geometry = layout_geometry(layout, image_size, eval_crop_ratio)
     images = torch.empty(len(samples), 3, side, side, dtype=torch.uint8)
     sizes = torch.zeros(len(samples), 2, dtype=torch.int64)
     keep = torch.zeros(len(samples), dtype=torch.bool)
@@ -148,13 +154,20 @@ def decode_split(
         parallel = dict(
             worker_init_fn=loader_worker_init, multiprocessing_context=loader_start_method()
         )
+    # its own generator: a DataLoader draws its workers' seed from the global RNG otherwise, and
+    # the model initialised next would then depend on whether the data was cached
     loader = DataLoader(
-        _Decode(samples, geometry), batch_size=64, num_workers=workers, collate_fn=list, **parallel
+        _Decode(samples, geometry),
+        batch_size=64,
+        num_workers=workers,
+        collate_fn=list,
+        generator=torch.Generator(),
+        **parallel,
     )
     for batch in loader:
         for i, image, size, error in batch:
             if image is None:
-                _bad(samples[i][0], error, on_bad_image)
+                bad_image(samples[i][0], error, on_bad_image)
                 continue
             images[i], sizes[i], keep[i] = image, torch.tensor(size), True
     kept = keep.nonzero().flatten()
@@ -165,10 +178,14 @@ def decode_split(
     return DecodedSplit(images, targets, sizes, kept_samples, classes, root, layout)
 
 
-def _bad(path: str, error: str, on_bad_image: str) -> None:
+def bad_image(path: str, error: str, on_bad_image: str, warned: set[str] | None = None) -> None:
+    """``data.on_bad_image``: raise, or warn (once per path in ``warned``) and go on without it."""
     if on_bad_image == "error":
         raise DataError(f"cannot decode image {path}: {error} (data.on_bad_image=error)")
-    log.warning("skipping image that fails to decode: %s (%s)", path, error)
+    if warned is None or path not in warned:
+        log.warning("skipping image that fails to decode: %s (%s)", path, error)
+    if warned is not None:
+        warned.add(path)
 
 
 def describe(splits: Sequence[Any]) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -15,8 +15,8 @@ from ..config import Augment
 AUGMENTS = tuple(m.value for m in Augment)
 
 
-def load_image(path: str) -> Image.Image:
-    """Open any PIL-readable image as 8-bit RGB.
+def load_image(path: str | IO[bytes]) -> Image.Image:
+    """Open any PIL-readable image (a path or a binary file) as 8-bit RGB.
 
     Palette and RGBA go through RGBA so transparency does not pick up garbage colours; 16/32-bit
     integer and float images are rescaled to 0..255 (``convert("RGB")`` would clip them to white).

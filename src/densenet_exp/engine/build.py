@@ -13,7 +13,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .. import distributed as du
 from ..config import Config, DataConfig, DataName
-from ..data import DataBundle, DataError, build_datasets, build_loaders
+from ..data import DataBundle, DataError, build_datasets, build_loaders, check_decode
 from ..models import (
     build_model,
     check_model_config,
@@ -75,6 +75,7 @@ def build(cfg: Config, ctx: du.DistContext) -> Components:
     tr, device = cfg.trainer, ctx.device
     check_model_config(cfg.model)  # a bad architecture key fails before the data is read
     data_cfg = data_config(cfg)
+    check_decode(data_cfg, device)  # before a cache spends minutes decoding
     cores = cores_per_rank(ctx.local_world_size)
     bundle = build_datasets(data_cfg, tr.seed, local_ranks=ctx.local_world_size, cores=cores)
     model = build_model(cfg, num_classes=len(bundle.classes)).to(device)

@@ -121,11 +121,13 @@ def _start_epoch(c: Components, ddp_model: nn.Module, st: TrainState, epoch: int
 def _to_device(
     c: Components, batch: Any, device: torch.device, epoch: int
 ) -> tuple[Tensor, Tensor]:
-    """The batch on the device, as the model takes it (a cached split's augmented there)."""
-    x, y, *index = batch
+    """The batch on the device, as the model takes it (a cached or streamed split's uint8
+    ``(x, y, index, sizes)`` augmented there)."""
+    x, y, *rest = batch
     x = x.to(device, non_blocking=True)
     if c.bundle.train_on_device is not None:
-        x = c.bundle.train_on_device(x, index[0], epoch)
+        index, sizes = rest
+        x = c.bundle.train_on_device(x, index, epoch, sizes)
     x = c.precision.cast_input(x)
     if c.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
