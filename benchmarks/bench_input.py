@@ -196,6 +196,7 @@ def main() -> None:
     p.add_argument("--model-steps", type=int, default=150, help="default job: model-alone steps")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--rounds", type=int, default=3, help="real runs per variant, model between")
+    p.add_argument("--skip-default", action="store_true", help="only the JPEG folder")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     import torch
@@ -218,7 +219,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         digits = [*common, f"trainer.epochs={args.epochs}", f"data.root={out / 'digits'}"]
-        rows += bench("digits (default job)", digits, args.model_steps, args.rounds, out, variants)
+        if not args.skip_default:
+            rows += bench(
+                "digits (default job)", digits, args.model_steps, args.rounds, out, variants
+            )
         if args.jpeg:
             folder = write_jpeg_folder(out / "jpeg", args.jpeg_images, args.jpeg_images // 4)
             jpeg = [

@@ -37,6 +37,13 @@ from .transforms import load_image
 
 log = logging.getLogger("densenet_exp")
 
+# torchvision 0.29 deprecates its decoders for TorchCodec, a separate package tied to a torch
+# version; until torchvision drops them they are the nvJPEG that torch 2.14 ships with. A filter
+# set once here, not catch_warnings per call: that is not thread-safe, and the decode has a thread.
+warnings.filterwarnings(
+    "ignore", "The image decoding and encoding capabilities of TorchVision", DeprecationWarning
+)
+
 # PIL modes whose JPEGs nvJPEG decodes to the RGB PIL would give (CMYK/YCCK it converts its own way)
 NVJPEG_MODES = ("RGB", "L")
 
@@ -46,7 +53,7 @@ class StreamedSplit(Dataset):
 
     ``encoded=False``: the payload is the image in ``layout`` (uint8, decoded by PIL here).
     ``encoded=True``: a JPEG's bytes (1-D uint8) when nvJPEG can take it, else the whole decoded
-    image (3-D uint8). An unreadable file yields ``None`` (``collate_streamed`` drops it).
+    image (3-D uint8). An unreadable file yields ``None`` (``collate`` drops it).
     """
 
     def __init__(
@@ -150,11 +157,7 @@ class DeviceDecoder:
 def _decode_jpeg(data: Tensor | list[Tensor], device: torch.device) -> Any:
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    # torchvision 0.29 deprecates its decoders for TorchCodec, which is a separate package tied to
-    # a torch version; until torchvision drops them they are the nvJPEG that torch 2.14 ships with
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
 
 
 class DeviceDecodedLoader:
