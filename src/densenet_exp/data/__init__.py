@@ -169,12 +169,18 @@ def _cache(
 ) -> None:
     """Replace the bundle's folder splits by decoded ones (train only with device augmentation)."""
     train_s, val_s = splits
-    args = (d.image_size, d.eval_crop_ratio, d.on_bad_image.value, workers)
-    bundle.val = cache.decode_split(val_s, bundle.classes, root, "center", *args)
+    args = (d.image_size, d.eval_crop_ratio, d.on_bad_image.value, False)
+
+    def decoded(samples: list[Sample], layout: str) -> DecodedSplit:
+        return cache.decode_split(
+            StreamedSplit(samples, bundle.classes, root, layout, *args), workers
+        )
+
+    bundle.val = decoded(val_s, "center")
     bundle.eval_on_device = functools.partial(normalize_batch, mean=d.mean, std=d.std)
     cached = [bundle.val]
     if d.augment_on != AugmentOn.loader:
-        bundle.train = cache.decode_split(train_s, bundle.classes, root, _train_layout(d), *args)
+        bundle.train = decoded(train_s, _train_layout(d))
         bundle.train_on_device = BatchAugment(d.augment.value, d.image_size, d.mean, d.std, seed)
         cached.insert(0, bundle.train)
     where = "on the training device" if bundle.train_on_device else "per image, in the loader"

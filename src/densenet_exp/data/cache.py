@@ -13,8 +13,9 @@ before its first random step:
   tensor), with its original height and width: ``augment.BatchAugment`` draws the random crop in
   the original's coordinates, as ``RandomResizedCrop`` would, and samples it from the square.
 
-A cached split yields whole batches ``(uint8 images, classes, indices)`` through ``__getitems__``
-(no per-image Python work in the loader); the training device turns them into normalised floats.
+A cached split yields whole batches ``(uint8 images, classes, indices, original sizes)`` through
+``__getitems__`` (no per-image Python work in the loader); the training device turns them into
+normalised floats. The one decode is ``streamed.StreamedSplit``'s, run once by ``decode_split``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -31,8 +32,10 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from ..process import loader_start_method, loader_worker_init
-from .imagefolder import DECODE_ERRORS, DataError, Sample
-from .transforms import load_image
+from .imagefolder import DataError, Sample
+
+if TYPE_CHECKING:  # streamed imports this module's layouts
+    from .streamed import StreamedSplit
 
 log = logging.getLogger("densenet_exp")
 
@@ -115,38 +118,11 @@ def layout_geometry(
     raise ValueError(f"unknown cache layout {layout!r}; valid choices: center, whole")
 
 
-class _Decode(Dataset):
-    """One file -> (uint8 3xSxS image, original (h, w)) or the error, for the parallel decode."""
-
-    def __init__(self, samples: list[Sample], geometry: v2.Transform) -> None:
-        self.samples, self.geometry = samples, geometry
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int) -> tuple[int, Tensor | None, tuple[int, int], str]:
-        path = self.samples[i][0]
-        try:
-            image = v2.functional.to_image(load_image(path))
-        except DECODE_ERRORS as e:
-            return i, None, (0, 0), f"{type(e).__name__}: {e}"
-        h, w = image.shape[-2:]
-        return i, self.geometry(image), (h, w), ""
-
-
-def decode_split(
-    samples: list[Sample],
-    classes: list[str],
-    root: str | Path | None,
-    layout: str,
-    image_size: int,
-    eval_crop_ratio: float,
-    on_bad_image: str,
-    workers: int = 0,
-) -> DecodedSplit:
-    """Decode every image of ``samples`` once (``workers`` processes), in the given layout."""
-    side, geometry = layout_geometry(layout, image_size, eval_crop_ratio)
-    images = torch.empty(len(samples), 3, side, side, dtype=torch.uint8)
+def decode_split(split: StreamedSplit, workers: int = 0) -> DecodedSplit:
+    """Decode every image of a loader-decoded ``split`` once (``workers`` processes), in its
+    layout; the files that fail are left out (``split`` applies ``data.on_bad_image``)."""
+    samples = split.samples
+    images = torch.empty(len(samples), 3, split.side, split.side, dtype=torch.uint8)
     sizes = torch.zeros(len(samples), 2, dtype=torch.int64)
     keep = torch.zeros(len(samples), dtype=torch.bool)
     parallel: dict[str, Any] = {}
@@ -157,7 +133,7 @@ def decode_split(
     # its own generator: a DataLoader draws its workers' seed from the global RNG otherwise, and
     # the model initialised next would then depend on whether the data was cached
     loader = DataLoader(
-        _Decode(samples, geometry),
+        split,
         batch_size=64,
         num_workers=workers,
         collate_fn=list,
@@ -165,17 +141,16 @@ def decode_split(
         **parallel,
     )
     for batch in loader:
-        for i, image, size, error in batch:
-            if image is None:
-                bad_image(samples[i][0], error, on_bad_image)
-                continue
+        for image, _, i, size in filter(None, batch):
             images[i], sizes[i], keep[i] = image, torch.tensor(size), True
     kept = keep.nonzero().flatten()
     targets = torch.tensor([samples[i][1] for i in kept.tolist()], dtype=torch.int64)
     if len(kept) < len(samples):
         images, sizes = images[kept], sizes[kept]
     kept_samples = [samples[i] for i in kept.tolist()]
-    return DecodedSplit(images, targets, sizes, kept_samples, classes, root, layout)
+    return DecodedSplit(
+        images, targets, sizes, kept_samples, split.classes, split.root, split.layout
+    )
 
 
 def bad_image(path: str, error: str, on_bad_image: str, warned: set[str] | None = None) -> None:

@@ -171,7 +171,6 @@ class DeviceDecodedLoader:
 
     def __init__(self, loader: DataLoader, decoder: DeviceDecoder) -> None:
         self.loader, self.decoder = loader, decoder
-        self.dataset = loader.dataset
 
     def __len__(self) -> int:
         return len(self.loader)
