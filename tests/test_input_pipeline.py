@@ -174,12 +174,17 @@ DIGITS = [
 
 
 def test_one_rank_of_16_and_two_of_8_train_the_same_from_the_cache(tmp_path, digits_root):
+    # the one rank caches in RAM; the two ranks map the disk cache their rank 0 decodes
     common = [*DIGITS, f"data.root={digits_root}", "sync_bn=true", "trainer.max_steps=6"]
     one = train(compose_cfg([*common, "data.batch_size=16"]), tmp_path / "one")
+    on_disk = ["data.cache=disk", f"data.cache_dir={tmp_path / 'decoded'}"]
     two = train(
-        compose_cfg([*common, "data.batch_size=8", "dist.nproc_per_node=2"]), tmp_path / "two"
+        compose_cfg([*common, *on_disk, "data.batch_size=8", "dist.nproc_per_node=2"]),
+        tmp_path / "two",
     )
     assert one["steps"] == two["steps"] == 6 and two["world_size"] == 2
+    written = sorted(p.suffix for p in (tmp_path / "decoded").iterdir())
+    assert written == [".json", ".json", ".u8", ".u8"]  # two splits, no temporaries
     a = torch.load(tmp_path / "one" / "checkpoints" / "last.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "two" / "checkpoints" / "last.pt", weights_only=True)["model"]
     for key in a:

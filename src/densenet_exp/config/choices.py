@@ -96,6 +96,7 @@ class CacheMode(Choice):
     auto = "auto"  # ram when the decoded images fit the RAM budget, else none
     none = "none"  # decode every image every epoch, in the loader
     ram = "ram"  # decode every image once, at the size its transform needs
+    disk = "disk"  # the same, into a memory-mapped file reused by later runs (data/diskcache.py)
 
 
 class AugmentOn(Choice):

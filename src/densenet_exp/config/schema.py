@@ -130,6 +130,8 @@ class DataConfig:
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     augment: Augment = Augment.light
     cache: CacheMode = CacheMode.auto  # decode once, keep uint8 in RAM (data/cache.py)
+    # data.cache=disk's folder (null: .densenet_exp_cache in the data folder, or the user's cache)
+    cache_dir: Optional[str] = None
     augment_on: AugmentOn = AugmentOn.auto  # where the train augmentation runs (data/augment.py)
     decode: DecodeOn = DecodeOn.cpu  # where uncached JPEGs are decoded (data/streamed.py)
     eval_crop_ratio: float = 1.0  # eval: resize to image_size / ratio, then center-crop image_size

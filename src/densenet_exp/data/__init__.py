@@ -17,7 +17,6 @@ from ..config import (
     Augment,
     AugmentOn,
     CacheMode,
-    ConfigError,
     DataConfig,
     DataName,
     DecodeOn,
@@ -25,7 +24,7 @@ from ..config import (
 )
 from ..config import node as config_node
 from ..process import loader_start_method, loader_worker_init
-from . import cache
+from . import cache, diskcache
 from .augment import BatchAugment, normalize_batch
 from .cache import DecodedSplit
 from .digits import ensure_digits
@@ -36,8 +35,9 @@ from .imagefolder import (
     build_imagefolder_splits,
     collate_skip_bad,
 )
+from .readahead import ReadAhead
 from .samplers import Indexed, ResumableSampler, ShardSampler
-from .streamed import DeviceDecodedLoader, DeviceDecoder, StreamedSplit
+from .streamed import DeviceDecodedLoader, DeviceDecoder, StreamedSplit, check_decode
 from .synthetic import SyntheticDataset
 from .transforms import build_transform, load_image
 
@@ -127,32 +127,17 @@ def build_datasets(
     return bundle
 
 
-def check_decode(data_cfg: DataConfig, device: torch.device | None = None) -> None:
-    """``data.decode=gpu`` needs device augmentation and, once the device is known, a GPU."""
-    if data_cfg.decode != DecodeOn.gpu:
-        return
-    if data_cfg.augment_on == AugmentOn.loader:
-        raise ConfigError(
-            "data.decode=gpu decodes on the training device, so the train augmentation runs there "
-            "too: data.augment_on=loader cannot go with it (valid choices: auto, device)"
-        )
-    if device is not None and device.type != "cuda":
-        raise ConfigError(
-            f"data.decode=gpu decodes JPEGs with nvJPEG on the training GPU, but this run trains "
-            f"on {device}; valid choices here: cpu"
-        )
-
-
 def _cache_wanted(d: DataConfig, n_images: int, local_ranks: int) -> bool:
     """``data.cache``: ``ram``, ``none``, or ``auto`` (ram when it fits the budget; logged)."""
     if d.cache != CacheMode.auto:
-        return d.cache == CacheMode.ram
+        return d.cache in (CacheMode.ram, CacheMode.disk)
     side = cache.stored_side(d.image_size, d.eval_crop_ratio)
     need, budget = cache.estimate_bytes(n_images, side), cache.ram_budget(local_ranks)
     if need > budget:
         log.info(
             "data.cache=auto: %d images would take %.1f GB decoded, over this rank's RAM budget "
-            "of %.1f GB: decoding them every epoch (data.cache=ram to insist)",
+            "of %.1f GB: decoding them every epoch (data.cache=disk decodes them once into a "
+            "file, data.cache=ram insists)",
             n_images,
             need / 2**30,
             budget / 2**30,
@@ -167,20 +152,23 @@ Splits = tuple[list[Sample], list[Sample]]  # the train and val samples
 def _cache(
     bundle: DataBundle, d: DataConfig, splits: Splits, root: Any, seed: int, workers: int
 ) -> None:
-    """Replace the bundle's folder splits by decoded ones (train only with device augmentation)."""
+    """Replace the bundle's folder splits by decoded ones (train only with device augmentation):
+    in RAM, or with ``data.cache=disk`` mapped from files in ``data.cache_dir``."""
     train_s, val_s = splits
     args = (d.image_size, d.eval_crop_ratio, d.on_bad_image.value, False)
+    folder = diskcache.cache_folder(d.cache_dir, root) if d.cache == CacheMode.disk else None
 
-    def decoded(samples: list[Sample], layout: str) -> DecodedSplit:
-        return cache.decode_split(
-            StreamedSplit(samples, bundle.classes, root, layout, *args), workers
-        )
+    def decoded(samples: list[Sample], layout: str, name: str) -> DecodedSplit:
+        split = StreamedSplit(samples, bundle.classes, root, layout, *args)
+        if folder is None:
+            return cache.decode_split(split, workers)
+        return diskcache.disk_split(split, folder, name, workers)
 
-    bundle.val = decoded(val_s, "center")
+    bundle.val = decoded(val_s, "center", "val")
     bundle.eval_on_device = functools.partial(normalize_batch, mean=d.mean, std=d.std)
     cached = [bundle.val]
     if d.augment_on != AugmentOn.loader:
-        bundle.train = decoded(train_s, _train_layout(d))
+        bundle.train = decoded(train_s, _train_layout(d), "train")
         bundle.train_on_device = BatchAugment(d.augment.value, d.image_size, d.mean, d.std, seed)
         cached.insert(0, bundle.train)
     where = "on the training device" if bundle.train_on_device else "per image, in the loader"
@@ -269,7 +257,12 @@ def build_loaders(
 
     def loader(dataset: Dataset, **kwargs: Any) -> Iterable:
         if isinstance(dataset, DecodedSplit):
-            return DataLoader(dataset, batch_size=batch, **kwargs, **batched)
+            decoded = DataLoader(dataset, batch_size=batch, **kwargs, **batched)
+            # read ahead where the host would otherwise wait: a mapped file's pages coming
+            # from disk, or a GPU's step (on a CPU the gather would only take the model's cores)
+            if dataset.where is None and device.type != "cuda":
+                return decoded
+            return ReadAhead(decoded)
         if not isinstance(dataset, StreamedSplit):
             return DataLoader(dataset, batch_size=batch, **kwargs, **loader_args)
         args = {**loader_args, "collate_fn": dataset.collate}

@@ -55,8 +55,10 @@ class DecodedSplit(Dataset):
         classes: list[str],
         root: str | Path | None,
         layout: str,
+        where: Path | None = None,
     ) -> None:
         self.images, self.targets, self.sizes = images, targets, sizes
+        self.where = where  # the file the images are mapped from (data.cache=disk), or None: RAM
         self.samples = samples  # the images that decoded, in order: their names for predictions
         self.classes = classes
         self.root = root
@@ -68,7 +70,10 @@ class DecodedSplit(Dataset):
     def __getitems__(self, indices: Sequence[int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """The batch ``(images, targets, indices, original sizes)``, as a device split's."""
         index = torch.as_tensor(indices, dtype=torch.int64)
-        return self.images[index], self.targets[index], index, self.sizes[index]
+        # index_select, not images[index]: its binding releases the GIL (indexing's does not),
+        # so a read-ahead thread faulting a mapped file's pages in leaves the training step be
+        images = torch.index_select(self.images, 0, index)
+        return images, self.targets[index], index, self.sizes[index]
 
     def __getitem__(self, i: int) -> tuple[Tensor, int, int, Tensor]:
         return self.images[i], int(self.targets[i]), i, self.sizes[i]
@@ -119,12 +124,24 @@ def layout_geometry(
 
 
 def decode_split(split: StreamedSplit, workers: int = 0) -> DecodedSplit:
-    """Decode every image of a loader-decoded ``split`` once (``workers`` processes), in its
-    layout; the files that fail are left out (``split`` applies ``data.on_bad_image``)."""
-    samples = split.samples
-    images = torch.empty(len(samples), 3, split.side, split.side, dtype=torch.uint8)
-    sizes = torch.zeros(len(samples), 2, dtype=torch.int64)
-    keep = torch.zeros(len(samples), dtype=torch.bool)
+    """Decode every image of a loader-decoded ``split`` once (``workers`` processes) into RAM, in
+    its layout; the files that fail are left out (``split`` applies ``data.on_bad_image``)."""
+    images = torch.empty(len(split.samples), 3, split.side, split.side, dtype=torch.uint8)
+    sizes, kept = fill_decoded(split, images, workers)
+    if len(kept) < len(split.samples):
+        images, sizes = images[kept], sizes[kept]
+    kept_samples = [split.samples[i] for i in kept.tolist()]
+    targets = torch.tensor([t for _, t in kept_samples], dtype=torch.int64)
+    return DecodedSplit(
+        images, targets, sizes, kept_samples, split.classes, split.root, split.layout
+    )
+
+
+def fill_decoded(split: StreamedSplit, images: Tensor, workers: int = 0) -> tuple[Tensor, Tensor]:
+    """Decode ``split`` into ``images[i]`` (RAM or a mapped file): the original sizes of all its
+    images (N, 2) and the indices of those that decoded."""
+    sizes = torch.zeros(len(split.samples), 2, dtype=torch.int64)
+    keep = torch.zeros(len(split.samples), dtype=torch.bool)
     parallel: dict[str, Any] = {}
     if workers:  # the same process settings as the training loader's workers
         parallel = dict(
@@ -143,14 +160,7 @@ def decode_split(split: StreamedSplit, workers: int = 0) -> DecodedSplit:
     for batch in loader:
         for image, _, i, size in filter(None, batch):
             images[i], sizes[i], keep[i] = image, torch.tensor(size), True
-    kept = keep.nonzero().flatten()
-    targets = torch.tensor([samples[i][1] for i in kept.tolist()], dtype=torch.int64)
-    if len(kept) < len(samples):
-        images, sizes = images[kept], sizes[kept]
-    kept_samples = [samples[i] for i in kept.tolist()]
-    return DecodedSplit(
-        images, targets, sizes, kept_samples, split.classes, split.root, split.layout
-    )
+    return sizes, keep.nonzero().flatten()
 
 
 def bad_image(path: str, error: str, on_bad_image: str, warned: set[str] | None = None) -> None:
@@ -163,7 +173,9 @@ def bad_image(path: str, error: str, on_bad_image: str, warned: set[str] | None 
         warned.add(path)
 
 
-def describe(splits: Sequence[Any]) -> str:
+def describe(splits: Sequence[DecodedSplit]) -> str:
     n = sum(len(s) for s in splits)
     mb = sum(s.nbytes for s in splits) / 2**20
-    return f"{n:,} images decoded once, {mb:,.1f} MB of uint8 in RAM"
+    files = [str(s.where) for s in splits if s.where is not None]
+    where = "in RAM" if not files else "in " + ", ".join(files) + " (memory-mapped)"
+    return f"{n:,} images decoded once, {mb:,.1f} MB of uint8 {where}"

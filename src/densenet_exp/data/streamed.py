@@ -20,8 +20,6 @@ from __future__ import annotations
 import io
 import logging
 import warnings
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +29,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from ..config import AugmentOn, ConfigError, DataConfig, DecodeOn
 from .cache import bad_image, layout_geometry
 from .imagefolder import DECODE_ERRORS, Sample
+from .readahead import ReadAhead
 from .transforms import load_image
 
 log = logging.getLogger("densenet_exp")
@@ -46,6 +46,22 @@ warnings.filterwarnings(
 
 # PIL modes whose JPEGs nvJPEG decodes to the RGB PIL would give (CMYK/YCCK it converts its own way)
 NVJPEG_MODES = ("RGB", "L")
+
+
+def check_decode(data_cfg: DataConfig, device: torch.device | None = None) -> None:
+    """``data.decode=gpu`` needs device augmentation and, once the device is known, a GPU."""
+    if data_cfg.decode != DecodeOn.gpu:
+        return
+    if data_cfg.augment_on == AugmentOn.loader:
+        raise ConfigError(
+            "data.decode=gpu decodes on the training device, so the train augmentation runs there "
+            "too: data.augment_on=loader cannot go with it (valid choices: auto, device)"
+        )
+    if device is not None and device.type != "cuda":
+        raise ConfigError(
+            f"data.decode=gpu decodes JPEGs with nvJPEG on the training GPU, but this run trains "
+            f"on {device}; valid choices here: cpu"
+        )
 
 
 class StreamedSplit(Dataset):
@@ -70,6 +86,7 @@ class StreamedSplit(Dataset):
         self.samples, self.classes, self.root = samples, classes, root
         self.layout, self.encoded, self.on_bad_image = layout, encoded, on_bad_image
         self.side, self.geometry = layout_geometry(layout, image_size, eval_crop_ratio)
+        self.image_size, self.eval_crop_ratio = image_size, eval_crop_ratio
         self.warned: set[str] = set()  # bad files, warned about once (per worker)
 
     def __len__(self) -> int:
@@ -160,45 +177,14 @@ def _decode_jpeg(data: Tensor | list[Tensor], device: torch.device) -> Any:
     return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
 
 
-class DeviceDecodedLoader:
+class DeviceDecodedLoader(ReadAhead):
     """A loader of encoded batches that yields them decoded on the device (``None`` stays).
 
     The next batch decodes in a thread (on a CUDA side stream) while the current one trains:
     nvJPEG's host-side work and the per-image resizes' launches then overlap the model's step
-    instead of adding to it. torch's DataLoader has no hook for work on the training device, and
-    its pin-memory thread is the same pattern for host memory.
+    instead of adding to it.
     """
 
     def __init__(self, loader: DataLoader, decoder: DeviceDecoder) -> None:
-        self.loader, self.decoder = loader, decoder
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self) -> Iterator[Any]:
-        device = self.decoder.device
-        stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-        batches = iter(self.loader)
-        with ThreadPoolExecutor(1, thread_name_prefix="densenet-decode") as pool:
-            pending = pool.submit(self._next, batches, stream)
-            while (done := pending.result()) is not _END:
-                pending = pool.submit(self._next, batches, stream)
-                batch, ready = done
-                if ready is not None:  # the side stream's work, before the training stream's
-                    current = torch.cuda.current_stream(device)
-                    current.wait_event(ready)
-                    batch[0].record_stream(current)  # its memory is in use there until freed
-                yield batch
-
-    def _next(self, batches: Iterator[Any], stream: Any) -> Any:
-        batch = next(batches, _END)
-        if batch is _END or batch is None:
-            return batch if batch is _END else (None, None)
-        if stream is None:
-            return self.decoder(batch), None
-        with torch.cuda.stream(stream):
-            decoded = self.decoder(batch)
-            return decoded, (stream.record_event() if decoded is not None else None)
-
-
-_END = object()  # the loader is exhausted
+        super().__init__(loader, decoder, decoder.device)
+        self.decoder = decoder

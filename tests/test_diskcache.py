@@ -1,0 +1,148 @@
+"""data.cache=disk: the RAM cache's pixels in a memory-mapped file, reused while the folder and
+the settings are unchanged, decoded again when either changes."""
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from test_streamed import data_cfg, photos  # noqa: F401  (photos is a fixture)
+
+from densenet_exp.data import DataError, build_datasets, build_loaders, diskcache
+from densenet_exp.data.imagefolder import build_imagefolder_splits
+from densenet_exp.data.readahead import ReadAhead
+
+CPU = torch.device("cpu")
+
+
+def same_split(a, b) -> None:
+    assert a.samples == b.samples and a.classes == b.classes
+    for name in ("images", "targets", "sizes"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+
+
+def cache_files(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture
+def folder(photos):  # noqa: F811  (test_streamed's photo folder, under a name of this module)
+    return photos
+
+
+@pytest.fixture
+def broken(folder):
+    """The photo folder with a file that does not decode in the train split."""
+    (folder / "train" / "dog" / "9.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    return folder
+
+
+def test_the_disk_cache_holds_the_ram_cache_and_a_second_run_reads_it(
+    broken, tmp_path, monkeypatch
+):
+    ram = build_datasets(data_cfg(broken, "data.cache=ram", "data.augment=imagenet"), seed=3)
+    disk = build_datasets(
+        data_cfg(
+            broken, "data.cache=disk", f"data.cache_dir={tmp_path / 'dc'}", "data.augment=imagenet"
+        ),
+        seed=3,
+    )
+    assert len(disk.train) == 15  # the undecodable file is left out, as in RAM
+    same_split(ram.train, disk.train)
+    same_split(ram.val, disk.val)
+    files = cache_files(tmp_path / "dc")
+    assert len(files) == 4  # images and metadata of two splits, no temporary file left
+    for split in (disk.train, disk.val):
+        assert split.where.name in files and split.where.stat().st_size == split.images.nbytes
+
+    # the mapped split's loader reads a batch ahead, in a thread; the batches are the RAM ones
+    d_ram = data_cfg(broken, "data.cache=ram", "data.augment=imagenet")
+    d_disk = data_cfg(broken, "data.cache=disk", f"data.cache_dir={tmp_path / 'dc'}")
+    (ram_train, ram_val, _), (disk_train, disk_val, _) = (
+        build_loaders(ram, d_ram, 0, 1, 3, CPU),
+        build_loaders(disk, d_disk, 0, 1, 3, CPU),
+    )
+    assert isinstance(disk_train, ReadAhead) and not isinstance(ram_train, ReadAhead)
+    for ram_loader, disk_loader in ((ram_train, disk_train), (ram_val, disk_val)):
+        pairs = list(zip(ram_loader, disk_loader, strict=True))
+        assert len(pairs) == len(ram_loader) > 1
+        for a, b in pairs:
+            assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(diskcache, "fill_decoded", no_decoding)
+    again = build_datasets(
+        data_cfg(
+            broken, "data.cache=disk", f"data.cache_dir={tmp_path / 'dc'}", "data.augment=imagenet"
+        ),
+        seed=3,
+    )
+    same_split(ram.train, again.train)
+    assert cache_files(tmp_path / "dc") == files
+
+
+def test_a_changed_file_setting_or_incomplete_cache_is_decoded_again(folder, tmp_path):
+    def build(*extra):
+        return build_datasets(data_cfg(folder, "data.cache=disk", *extra), seed=0)
+
+    first = build()
+
+    # one train image rewritten: the train split gets a new file, val keeps its own
+    path = folder / "train" / "owl" / "0.jpg"
+    before = first.train.images[[s[0] for s in first.train.samples].index(str(path))].clone()
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(path)
+    os.utime(path, ns=(1, 1))
+    changed = build()
+    assert changed.train.where != first.train.where and changed.val.where == first.val.where
+    i = [s[0] for s in changed.train.samples].index(str(path))
+    assert not torch.equal(changed.train.images[i], before)
+    same_split(changed.train, build_datasets(data_cfg(folder, "data.cache=ram"), seed=0).train)
+
+    # another image size is another file
+    assert build("data.image_size=12").train.where not in {changed.train.where, first.train.where}
+
+    # a truncated image file (a crash, a full disk) is never read: decoded again, whole (a copy
+    # first: touching a mapping past the end of its truncated file is a bus error)
+    expected = changed.train.images.clone()
+    with open(changed.train.where, "r+b") as f:
+        f.truncate(100)
+    repaired = build()
+    assert repaired.train.where == changed.train.where
+    assert torch.equal(repaired.train.images, expected)
+
+
+def test_the_default_cache_folder_is_in_the_data_folder_and_not_a_class(folder):
+    flat = folder / "train"  # class folders directly in the root, split by data.val_split
+    d = data_cfg(flat, "data.cache=disk", "data.val_split=0.4")
+    first = build_datasets(d, seed=0)
+    assert first.train.where.parent == flat / ".densenet_exp_cache"
+    # the walk ignores it: the same classes and samples the second time, now that it is there
+    second = build_datasets(d, seed=0)
+    assert second.classes == first.classes == ["cat", "dog", "owl"]
+    assert second.train.samples == first.train.samples and len(first.train) + len(first.val) == 15
+    train, val, _ = build_imagefolder_splits(flat, "train", "val", 0.4, 0, "skip")
+    assert [s[0] for s in train + val] == [s[0] for s in first.train.samples + first.val.samples]
+
+
+def test_a_read_only_data_folder_caches_under_the_users_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr(diskcache.os, "access", lambda path, mode: False)  # as if read-only
+    a = diskcache.cache_folder(None, tmp_path / "data_a")
+    b = diskcache.cache_folder(None, tmp_path / "data_b")
+    assert a.parent == tmp_path / "xdg" / "densenet_exp" / "decoded" and a != b
+    assert diskcache.cache_folder("~/x", tmp_path) == Path.home() / "x"  # given: as given
+
+
+def test_a_full_disk_is_an_error_that_says_so_and_leaves_no_file(folder, tmp_path, monkeypatch):
+    def no_room(fd, offset, size):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(diskcache.os, "posix_fallocate", no_room)
+    d = data_cfg(folder, "data.cache=disk", f"data.cache_dir={tmp_path / 'full'}")
+    with pytest.raises(DataError, match=r"need 0\.00 GB in .*full.*No space left.*data\.cache_dir"):
+        build_datasets(d, seed=0)
+    assert list((tmp_path / "full").iterdir()) == []
