@@ -57,15 +57,18 @@ def test_the_disk_cache_holds_the_ram_cache_and_a_second_run_reads_it(
     for split in (disk.train, disk.val):
         assert split.where.name in files and split.where.stat().st_size == split.images.nbytes
 
-    # the mapped split's loader reads a batch ahead, in a thread; the batches are the RAM ones
+    # the mapped split's loader gives the RAM one's batches, read a batch ahead in a thread as
+    # on a GPU (on a CPU the loader is the plain one: the thread would compete for the cores)
     d_ram = data_cfg(broken, "data.cache=ram", "data.augment=imagenet")
     d_disk = data_cfg(broken, "data.cache=disk", f"data.cache_dir={tmp_path / 'dc'}")
     (ram_train, ram_val, _), (disk_train, disk_val, _) = (
         build_loaders(ram, d_ram, 0, 1, 3, CPU),
         build_loaders(disk, d_disk, 0, 1, 3, CPU),
     )
-    assert isinstance(disk_train, ReadAhead) and not isinstance(ram_train, ReadAhead)
-    for ram_loader, disk_loader in ((ram_train, disk_train), (ram_val, disk_val)):
+    assert not isinstance(disk_train, ReadAhead)
+    on_gpu, _, _ = build_loaders(disk, d_disk, 0, 1, 3, torch.device("cuda"))  # not iterated
+    assert isinstance(on_gpu, ReadAhead)
+    for ram_loader, disk_loader in ((ram_train, ReadAhead(disk_train)), (ram_val, disk_val)):
         pairs = list(zip(ram_loader, disk_loader, strict=True))
         assert len(pairs) == len(ram_loader) > 1
         for a, b in pairs:

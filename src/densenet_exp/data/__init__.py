@@ -258,11 +258,10 @@ def build_loaders(
     def loader(dataset: Dataset, **kwargs: Any) -> Iterable:
         if isinstance(dataset, DecodedSplit):
             decoded = DataLoader(dataset, batch_size=batch, **kwargs, **batched)
-            # read ahead where the host would otherwise wait: a mapped file's pages coming
-            # from disk, or a GPU's step (on a CPU the gather would only take the model's cores)
-            if dataset.where is None and device.type != "cuda":
-                return decoded
-            return ReadAhead(decoded)
+            # read ahead while a GPU trains (a mapped file's pages may come from disk); on a CPU
+            # the thread's gather only competes with the model for the cores (its OpenMP team
+            # beside the model's: 0.77x end to end against 0.98x without, disk cache, 2 cores)
+            return ReadAhead(decoded) if device.type == "cuda" else decoded
         if not isinstance(dataset, StreamedSplit):
             return DataLoader(dataset, batch_size=batch, **kwargs, **loader_args)
         args = {**loader_args, "collate_fn": dataset.collate}

@@ -18,6 +18,7 @@ class ReadAhead:
     memory-mapped cache (spawned workers would be sent a copy of it) or work on the training
     device; its pin-memory thread is the same pattern for host memory. torch's ops release the
     GIL, so a page fault of a mapped file or nvJPEG's host work runs beside the model's step.
+    For a GPU's loaders: on a CPU the thread's work competes with the model for the cores.
     """
 
     def __init__(
