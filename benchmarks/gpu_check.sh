@@ -37,9 +37,10 @@ section "densenet121 224px, batch 256, O1/O2, channels_last, memory_efficient of
 timeout 300 $PY benchmarks/bench_train.py --device cuda --model densenet121 --image-size 224 \
   --batch 256 --amp O1 O2 --channels-last --memory-efficient both --steps 8 --warmup 4
 
-section "input pipeline: JPEG folder, densenet121 224px, batch 256, O1, channels_last, end to end (per image, streamed, cached, decode=gpu)"
+section "input pipeline: JPEG folder, densenet121 224px, batch 256, O1, channels_last, end to end (per image, RAM cache, disk cache, decode=gpu)"
 timeout 420 $PY benchmarks/bench_input.py --device cuda --jpeg --jpeg-images 2048 --batch 256 --rounds 1 \
-  --amp O1 --channels-last --steps 16 --epochs 2 2>&1 | grep '^[|#]'
+  --amp O1 --channels-last --steps 16 --skip-default --only per-image cache=ram cache=disk decode=gpu \
+  2>&1 | grep '^[|#]'
 if [ "${COMPILE:-0}" = 1 ]; then  # opt-in: compiling two densenet121s takes minutes
   section "densenet121 224px, batch 256, O1, channels_last, torch.compile, vs torchvision"
   timeout 600 $PY benchmarks/bench_train.py --device cuda --model densenet121 --image-size 224 \
