@@ -3,16 +3,20 @@ the settings are unchanged, decoded again when either changes."""
 
 import errno
 import os
+import time
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY, compose_cfg
 from PIL import Image
-from test_streamed import data_cfg, photos  # noqa: F401  (photos is a fixture)
+from test_streamed import FOLDER, data_cfg, photos  # noqa: F401  (photos is a fixture)
 
+from densenet_exp import train
 from densenet_exp.data import DataError, build_datasets, build_loaders, diskcache
 from densenet_exp.data.imagefolder import build_imagefolder_splits
 from densenet_exp.data.readahead import ReadAhead
+from densenet_exp.distributed import RankFailedError
 
 CPU = torch.device("cpu")
 
@@ -34,8 +38,10 @@ def folder(photos):  # noqa: F811  (test_streamed's photo folder, under a name o
 
 @pytest.fixture
 def broken(folder):
-    """The photo folder with a file that does not decode in the train split."""
-    (folder / "train" / "dog" / "9.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    """The photo folder with a JPEG cut short in the train split: its header reads, so the
+    folder scan keeps it, and its decode fails (the cache leaves out a row it had reserved)."""
+    whole = (folder / "train" / "dog" / "0.jpg").read_bytes()
+    (folder / "train" / "dog" / "9.jpg").write_bytes(whole[: len(whole) // 2])
     return folder
 
 
@@ -149,3 +155,24 @@ def test_a_full_disk_is_an_error_that_says_so_and_leaves_no_file(folder, tmp_pat
     with pytest.raises(DataError, match=r"need 0\.00 GB in .*full.*No space left.*data\.cache_dir"):
         build_datasets(d, seed=0)
     assert list((tmp_path / "full").iterdir()) == []
+
+
+def test_two_ranks_fail_fast_with_rank_0s_error_when_it_cannot_decode(broken, tmp_path):
+    cfg = compose_cfg(
+        [
+            *[o for o in TINY if not o.startswith("data.")],
+            *FOLDER,
+            f"data.root={broken}",
+            "data.cache=disk",
+            "data.on_bad_image=error",
+            "dist.nproc_per_node=2",
+            "dist.timeout_s=120",
+        ]
+    )
+    start = time.monotonic()
+    with pytest.raises(RankFailedError, match=r"rank 0 failed: .*cannot decode image .*9\.jpg"):
+        train(cfg, tmp_path / "run")
+    assert time.monotonic() - start < 60  # nobody waits for the long timeout of the cache's wait
+    # val decoded and was kept; of train nothing, not even a temporary file
+    names = [p.name for p in (broken / ".densenet_exp_cache").iterdir()]
+    assert sorted(n.split("-")[0] + n[n.rindex(".") :] for n in names) == ["val.json", "val.u8"]

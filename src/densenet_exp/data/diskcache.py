@@ -77,19 +77,22 @@ def disk_split(split: StreamedSplit, folder: Path, name: str, workers: int = 0) 
     # all ranks join the group now, before rank 0 decodes: joining it later would wait for
     # rank 0 under the training group's short timeout
     group = _waiting_group()
-    if writer and _read(stem, split) is None:
-        _write(split, stem, workers)
-    elif writer:
-        log.info("data.cache=disk: %s read from %s.u8 (folder and settings unchanged)", name, stem)
-    if group is not None:
-        dist.barrier(group=group)
-        dist.destroy_process_group(group)
+    try:
+        if writer and _read(stem, split) is None:
+            _write(split, stem, workers)
+        elif writer:
+            log.info("data.cache=disk: %s read from %s.u8 (files, settings unchanged)", name, stem)
+    finally:  # rank 0's error too releases the others, who then fail to read and say so
+        if group is not None:
+            dist.barrier(group=group)
+            dist.destroy_process_group(group)
     decoded = _read(stem, split)
     if decoded is None:
         raise DataError(
             f"rank {dist.get_rank() if dist.is_initialized() else 0} cannot read the decoded cache "
-            f"{stem}.u8 that rank 0 wrote: data.cache_dir must be a folder every machine of the "
-            "run sees (a shared file system), or use data.cache=ram"
+            f"{stem}.u8: rank 0 failed to write it (its error is in the log), or data.cache_dir "
+            "is not a folder every machine of the run sees (a shared file system is needed; or "
+            "use data.cache=ram)"
         )
     return decoded
 
@@ -145,7 +148,8 @@ def _write(split: StreamedSplit, stem: Path, workers: int) -> None:
         # a chunk never overwrites an image a later chunk still reads
         if len(rows) < n:
             for j in range(0, len(rows), 256):
-                images[j : j + 256] = images[kept[j : j + 256]]
+                chunk = kept[j : j + 256]
+                images[j : j + len(chunk)] = images[chunk]
         mapped.flush()
         del images, mapped
         os.truncate(tmp, len(rows) * 3 * side * side)
