@@ -15,6 +15,7 @@ from densenet_exp import train
 from densenet_exp.config import ConfigError, to_typed
 from densenet_exp.data import DataError, build_datasets, build_loaders, check_decode
 from densenet_exp.data.streamed import DeviceDecodedLoader, DeviceDecoder, StreamedSplit
+from densenet_exp.data.transforms import load_image
 
 FOLDER = ["data=imagefolder", "data.image_size=16", "data.batch_size=4", "data.num_workers=0"]
 CPU = torch.device("cpu")
@@ -161,3 +162,31 @@ def test_a_streamed_run_trains_exactly_like_a_cached_one(photos, tmp_path):
     assert a["steps"] == b["steps"] == 3 and a["best_val_top1"] == b["best_val_top1"]
     for key in wa:
         assert torch.equal(wa[key], wb[key]), key
+
+
+def test_a_phone_photo_with_an_exif_rotation_is_upright_in_every_path(tmp_path):
+    rng = np.random.default_rng(1)
+    raw = rng.integers(0, 256, (20, 40, 3), dtype=np.uint8)  # stored landscape, 40 x 20
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            exif = Image.Exif()
+            exif[0x0112] = 6  # "rotate 90 degrees clockwise to show"
+            # PNG: lossless, so the pixels can be compared exactly
+            Image.fromarray(raw).save(tmp_path / split / cls / "0.png", exif=exif)
+            Image.fromarray(raw).save(
+                tmp_path / split / cls / "1.jpg", exif=exif, quality=95, subsampling=0
+            )
+    upright = np.rot90(raw, k=-1)  # clockwise: 20 wide, 40 high
+    png = load_image(str(tmp_path / "train" / "a" / "0.png"))
+    assert png.size == (20, 40) and np.array_equal(np.asarray(png), upright)
+    with Image.open(tmp_path / "train" / "a" / "1.jpg") as stored:  # what a viewer is handed
+        sideways = np.asarray(stored.convert("RGB"))
+    jpg = np.asarray(load_image(str(tmp_path / "train" / "a" / "1.jpg")))
+    assert np.array_equal(jpg, np.rot90(sideways, k=-1))
+
+    # decode=gpu's readers send the rotated JPEG decoded, not as bytes nvJPEG would not rotate
+    split = build_datasets(data_cfg(tmp_path, "data.cache=none", "data.decode=gpu")).val
+    rotated = [s[0] for s in split.samples].index(str(tmp_path / "val" / "a" / "1.jpg"))
+    payload, _, _, size = split[rotated]
+    assert payload.dim() == 3 and tuple(size) == (40, 20)

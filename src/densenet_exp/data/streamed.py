@@ -33,7 +33,7 @@ from ..config import AugmentOn, ConfigError, DataConfig, DecodeOn
 from .cache import bad_image, layout_geometry
 from .imagefolder import DECODE_ERRORS, Sample
 from .readahead import ReadAhead
-from .transforms import load_image
+from .transforms import load_image, orientation
 
 log = logging.getLogger("densenet_exp")
 
@@ -104,7 +104,9 @@ class StreamedSplit(Dataset):
     def _read(self, path: str) -> tuple[Tensor, tuple[int, int]]:
         if self.encoded:
             with Image.open(path) as header:  # reads the header only: format, mode and size
+                # nvJPEG ignores EXIF orientation: a rotated photo is decoded here, upright
                 jpeg = header.format == "JPEG" and header.mode in NVJPEG_MODES
+                jpeg = jpeg and orientation(header) == 1
                 w, h = header.size
             if jpeg:
                 with open(path, "rb") as f:
