@@ -38,7 +38,7 @@ from .streamed import StreamedSplit
 
 log = logging.getLogger("densenet_exp")
 
-FORMAT_VERSION = 1  # bump when the layout of the files or of the pixels in them changes
+FORMAT_VERSION = 2  # bump when the layout of the files or of the pixels in them changes (2: EXIF)
 FOLDER_NAME = ".densenet_exp_cache"
 # how long the other ranks wait for rank 0's decode (the process group's own timeout is minutes)
 WAIT_FOR_WRITER = datetime.timedelta(days=2)
