@@ -28,6 +28,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import PIL
 import torch
 import torch.distributed as dist
 import torchvision
@@ -59,9 +60,10 @@ def fingerprint(split: StreamedSplit) -> str:
     """A digest of everything a split's cached pixels depend on (module docstring)."""
     h = hashlib.sha256()
     root = Path(split.root) if split.root is not None else None
-    # torchvision's resize is part of the pixels: another version may round differently
+    # the decoder and the resize are part of the pixels: other versions may round differently
     geometry = [split.layout, split.side, split.image_size, split.eval_crop_ratio]
-    h.update(json.dumps([FORMAT_VERSION, torchvision.__version__, *geometry]).encode())
+    versions = [FORMAT_VERSION, PIL.__version__, torchvision.__version__]
+    h.update(json.dumps([*versions, *geometry]).encode())
     h.update(json.dumps(split.classes).encode())
     for path, target in split.samples:
         st = os.stat(path)
