@@ -11,9 +11,10 @@ import torch
 from conftest import TINY, compose_cfg
 from PIL import Image
 from test_streamed import FOLDER, data_cfg, photos  # noqa: F401  (photos is a fixture)
+from torch.utils.data import DataLoader
 
 from densenet_exp import train
-from densenet_exp.data import DataError, build_datasets, build_loaders, diskcache
+from densenet_exp.data import DataError, build_datasets, build_loaders, cache, diskcache
 from densenet_exp.data.imagefolder import build_imagefolder_splits
 from densenet_exp.data.readahead import ReadAhead
 from densenet_exp.distributed import RankFailedError
@@ -176,3 +177,27 @@ def test_two_ranks_fail_fast_with_rank_0s_error_when_it_cannot_decode(broken, tm
     # val decoded and was kept; of train nothing, not even a temporary file
     names = [p.name for p in (broken / ".densenet_exp_cache").iterdir()]
     assert sorted(n.split("-")[0] + n[n.rindex(".") :] for n in names) == ["val.json", "val.u8"]
+
+
+def test_worker_processes_decode_the_rest_of_a_large_split_to_the_same_pixels(broken, monkeypatch):
+    in_process = build_datasets(data_cfg(broken, "data.cache=ram", "data.num_workers=2"), seed=0)
+    # as if the split were large: two images timed here, the rest in two worker processes
+    monkeypatch.setattr(cache, "PROBE_IMAGES", 2)
+    monkeypatch.setattr(cache, "WORKER_START_S", -1.0)
+    workers = []
+
+    def loader(*args, **kwargs):  # the real DataLoader, its worker count noted
+        workers.append(kwargs["num_workers"])
+        return DataLoader(*args, **kwargs)
+
+    monkeypatch.setattr(cache, "DataLoader", loader)
+    parallel = build_datasets(data_cfg(broken, "data.cache=ram", "data.num_workers=2"), seed=0)
+    assert workers == [2, 2]  # val, then train
+    same_split(in_process.train, parallel.train)
+    same_split(in_process.val, parallel.val)
+    assert len(parallel.train) == 15  # the truncated JPEG left out, decoded in a worker
+
+    # one worker decodes no faster than this process: the split decodes here, however large
+    workers.clear()
+    build_datasets(data_cfg(broken, "data.cache=ram", "data.num_workers=1"), seed=0)
+    assert workers == [0, 0]

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms import v2
 
 from ..process import loader_start_method, loader_worker_init
@@ -41,6 +42,10 @@ log = logging.getLogger("densenet_exp")
 
 # the share of the machine's available memory that data.cache=auto may fill (all ranks together)
 RAM_BUDGET_SHARE = 0.5
+# decoding into a cache: images timed in-process first, and the seconds it takes to start the
+# loader workers for the rest (spawned processes importing torch: ~4.5 s each pass, 2-core VM)
+PROBE_IMAGES = 32
+WORKER_START_S = 5.0
 
 
 class DecodedSplit(Dataset):
@@ -139,27 +144,44 @@ def decode_split(split: StreamedSplit, workers: int = 0) -> DecodedSplit:
 
 def fill_decoded(split: StreamedSplit, images: Tensor, workers: int = 0) -> tuple[Tensor, Tensor]:
     """Decode ``split`` into ``images[i]`` (RAM or a mapped file): the original sizes of all its
-    images (N, 2) and the indices of those that decoded."""
-    sizes = torch.zeros(len(split.samples), 2, dtype=torch.int64)
-    keep = torch.zeros(len(split.samples), dtype=torch.bool)
+    images (N, 2) and the indices of those that decoded.
+
+    The first images decode in this process, timed; the rest go to ``workers`` processes only
+    when that saves more than starting them costs (each imports torch: seconds), so a small
+    folder, or one worker (which decodes no faster than this process), does not wait for them.
+    """
+    n = len(split.samples)
+    sizes = torch.zeros(n, 2, dtype=torch.int64)
+    keep = torch.zeros(n, dtype=torch.bool)
+
+    def take(batch: list[Any]) -> None:
+        for image, _, i, size in filter(None, batch):
+            images[i], sizes[i], keep[i] = image, torch.tensor(size), True
+
+    probe = min(n, PROBE_IMAGES)
+    start = time.perf_counter()
+    take([split[i] for i in range(probe)])
+    per_image = (time.perf_counter() - start) / max(probe, 1)
+    rest = range(probe, n)
+    saved = len(rest) * per_image * (1 - 1 / max(workers, 1))  # the seconds workers would save
+    use = workers if workers > 1 and saved > WORKER_START_S else 0
     parallel: dict[str, Any] = {}
-    if workers:  # the same process settings as the training loader's workers
+    if use:  # the same process settings as the training loader's workers
         parallel = dict(
             worker_init_fn=loader_worker_init, multiprocessing_context=loader_start_method()
         )
     # its own generator: a DataLoader draws its workers' seed from the global RNG otherwise, and
     # the model initialised next would then depend on whether the data was cached
     loader = DataLoader(
-        split,
+        Subset(split, rest),
         batch_size=64,
-        num_workers=workers,
+        num_workers=use,
         collate_fn=list,
         generator=torch.Generator(),
         **parallel,
     )
     for batch in loader:
-        for image, _, i, size in filter(None, batch):
-            images[i], sizes[i], keep[i] = image, torch.tensor(size), True
+        take(batch)
     return sizes, keep.nonzero().flatten()
 
 
