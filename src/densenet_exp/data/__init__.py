@@ -238,45 +238,52 @@ def build_loaders(
             f"({len(bundle.train)} images / {world} rank(s) = {per_rank}); lower data.batch_size"
         )
     workers = resolve_num_workers(d.num_workers, cores)
-    pin = d.pin_memory and device.type == "cuda"
     sampler = ResumableSampler(
         bundle.train, num_replicas=world, rank=rank, shuffle=d.shuffle, seed=seed
     )
-    loader_args: dict[str, Any] = dict(
-        num_workers=workers,
-        pin_memory=pin,
-        collate_fn=collate_skip_bad,
-        worker_init_fn=loader_worker_init if workers else None,
-        persistent_workers=d.persistent_workers and workers > 0,
-    )
-    if workers:
-        loader_args["multiprocessing_context"] = loader_start_method()
+    make = functools.partial(_loader, d=d, workers=workers, device=device)
     generator = torch.Generator().manual_seed(seed + rank)
-    # a decoded split hands out whole batches (__getitems__): nothing for workers to do
-    batched = dict(num_workers=0, pin_memory=pin, collate_fn=_as_batch)
-
-    def loader(dataset: Dataset, **kwargs: Any) -> Iterable:
-        if isinstance(dataset, DecodedSplit):
-            decoded = DataLoader(dataset, batch_size=batch, **kwargs, **batched)
-            # read ahead while a GPU trains (a mapped file's pages may come from disk); on a CPU
-            # the thread's gather only competes with the model for the cores (its OpenMP team
-            # beside the model's: 0.77x end to end against 0.98x without, disk cache, 2 cores)
-            return ReadAhead(decoded) if device.type == "cuda" else decoded
-        if not isinstance(dataset, StreamedSplit):
-            return DataLoader(dataset, batch_size=batch, **kwargs, **loader_args)
-        args = {**loader_args, "collate_fn": dataset.collate}
-        streamed = DataLoader(dataset, batch_size=batch, **kwargs, **args)
-        if not dataset.encoded:
-            return streamed
-        return DeviceDecodedLoader(streamed, DeviceDecoder(dataset, device))
-
-    train = loader(bundle.train, sampler=sampler, drop_last=True, generator=generator)
+    train = make(bundle.train, sampler=sampler, drop_last=True, generator=generator)
     per_image_val = not isinstance(bundle.val, DecodedSplit | StreamedSplit)
-    val = loader(
+    val = make(
         Indexed(bundle.val) if per_image_val else bundle.val,
         sampler=ShardSampler(len(bundle.val), rank, world),
     )
     return train, val, sampler
+
+
+def _loader(
+    dataset: Dataset, d: DataConfig, workers: int, device: torch.device, **kwargs: Any
+) -> Iterable:
+    """The loader of one split, by its kind: per image, decoded (cached) or streamed."""
+    pin = d.pin_memory and device.type == "cuda"
+    if isinstance(dataset, DecodedSplit):
+        # a decoded split hands out whole batches (__getitems__): nothing for workers to do
+        decoded = DataLoader(
+            dataset,
+            batch_size=d.batch_size,
+            num_workers=0,
+            pin_memory=pin,
+            collate_fn=_as_batch,
+            **kwargs,
+        )
+        # read ahead while a GPU trains (a mapped file's pages may come from disk); on a CPU
+        # the thread's gather only competes with the model for the cores (its OpenMP team
+        # beside the model's: 0.77x end to end against 0.98x without, disk cache, 2 cores)
+        return ReadAhead(decoded) if device.type == "cuda" else decoded
+    args: dict[str, Any] = dict(
+        num_workers=workers,
+        pin_memory=pin,
+        collate_fn=dataset.collate if isinstance(dataset, StreamedSplit) else collate_skip_bad,
+        worker_init_fn=loader_worker_init if workers else None,
+        persistent_workers=d.persistent_workers and workers > 0,
+    )
+    if workers:
+        args["multiprocessing_context"] = loader_start_method()
+    loader = DataLoader(dataset, batch_size=d.batch_size, **kwargs, **args)
+    if not isinstance(dataset, StreamedSplit) or not dataset.encoded:
+        return loader
+    return DeviceDecodedLoader(loader, DeviceDecoder(dataset, device))
 
 
 def _as_batch(batch: Any) -> Any:
