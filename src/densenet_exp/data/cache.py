@@ -135,10 +135,17 @@ def decode_split(split: StreamedSplit, workers: int = 0) -> DecodedSplit:
     sizes, kept = fill_decoded(split, images, workers)
     if len(kept) < len(split.samples):
         images, sizes = images[kept], sizes[kept]
-    kept_samples = [split.samples[i] for i in kept.tolist()]
-    targets = torch.tensor([t for _, t in kept_samples], dtype=torch.int64)
+    return kept_split(split, images, sizes, kept.tolist())
+
+
+def kept_split(
+    split: StreamedSplit, images: Tensor, sizes: Tensor, kept: list[int], where: Path | None = None
+) -> DecodedSplit:
+    """The decoded split of ``split``'s images ``kept`` (rows of ``images`` and ``sizes``)."""
+    samples = [split.samples[i] for i in kept]
+    targets = torch.tensor([t for _, t in samples], dtype=torch.int64)
     return DecodedSplit(
-        images, targets, sizes, kept_samples, split.classes, split.root, split.layout
+        images, targets, sizes, samples, split.classes, split.root, split.layout, where
     )
 
 

@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 import torchvision
 
-from .cache import DecodedSplit, fill_decoded
+from .cache import DecodedSplit, fill_decoded, kept_split
 from .imagefolder import DataError
 from .streamed import StreamedSplit
 
@@ -79,8 +79,9 @@ def disk_split(split: StreamedSplit, folder: Path, name: str, workers: int = 0) 
     # all ranks join the group now, before rank 0 decodes: joining it later would wait for
     # rank 0 under the training group's short timeout
     group = _waiting_group()
+    decoded = None
     try:
-        if writer and _read(stem, split) is None:
+        if writer and (decoded := _read(stem, split)) is None:
             _write(split, stem, workers)
         elif writer:
             log.info("data.cache=disk: %s read from %s.u8 (files, settings unchanged)", name, stem)
@@ -88,7 +89,8 @@ def disk_split(split: StreamedSplit, folder: Path, name: str, workers: int = 0) 
         if group is not None:
             dist.barrier(group=group)
             dist.destroy_process_group(group)
-    decoded = _read(stem, split)
+    if decoded is None:  # written just now, or by rank 0
+        decoded = _read(stem, split)
     if decoded is None:
         raise DataError(
             f"rank {dist.get_rank() if dist.is_initialized() else 0} cannot read the decoded cache "
@@ -119,17 +121,8 @@ def _read(stem: Path, split: StreamedSplit) -> DecodedSplit | None:
     if meta.get("version") != FORMAT_VERSION or size != len(kept) * 3 * side * side:
         return None
     images = torch.from_file(str(data_path), shared=False, size=size, dtype=torch.uint8)
-    samples = [split.samples[i] for i in kept]
-    return DecodedSplit(
-        images.view(len(kept), 3, side, side),
-        torch.tensor([t for _, t in samples], dtype=torch.int64),
-        torch.tensor(meta["sizes"], dtype=torch.int64).view(len(kept), 2),
-        samples,
-        split.classes,
-        split.root,
-        split.layout,
-        where=data_path,
-    )
+    sizes = torch.tensor(meta["sizes"], dtype=torch.int64).view(len(kept), 2)
+    return kept_split(split, images.view(len(kept), 3, side, side), sizes, kept, data_path)
 
 
 def _write(split: StreamedSplit, stem: Path, workers: int) -> None:
