@@ -12,6 +12,7 @@ import logging
 import os
 import re
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,8 +181,6 @@ def launch(
             f"dist.nnodes={nnodes} needs dist.rdzv_endpoint=HOST:PORT reachable from every node "
             f"(got {endpoint!r})"
         )
-    if device.type == "cpu":
-        threads_for_launched_ranks(nproc)
     config = LaunchConfig(
         min_nodes=nnodes,
         max_nodes=nnodes,
@@ -196,8 +195,10 @@ def launch(
     )
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
+    threads = threads_for_launched_ranks(nproc) if device.type == "cpu" else nullcontext()
     try:
-        results = elastic_launch(config, entry)(*args)
+        with threads:
+            results = elastic_launch(config, entry)(*args)
     except ChildFailedError as e:
         raise RankFailedError(_describe_failures(e.failures)) from None
     return results.get(0) if results else None

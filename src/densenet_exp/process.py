@@ -9,9 +9,11 @@ here what they may use (``cores_per_rank``, ``loader_start_method``), or are han
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import multiprocessing as mp
 import os
+from collections.abc import Iterator
 
 import torch
 
@@ -46,9 +48,22 @@ def share_cores_between_jobs(n_jobs: int) -> None:
     os.environ[JOB_CORES_ENV] = str(threads)  # loader workers and ranks split this share
 
 
-def threads_for_launched_ranks(nproc: int) -> None:
-    """torch's ``LaunchConfig``, unlike torchrun, leaves OMP_NUM_THREADS alone: split the cores."""
-    os.environ.setdefault("OMP_NUM_THREADS", str(cores_per_rank(nproc)))
+@contextlib.contextmanager
+def threads_for_launched_ranks(nproc: int) -> Iterator[None]:
+    """torch's ``LaunchConfig``, unlike torchrun, leaves OMP_NUM_THREADS alone: split the cores.
+
+    The ranks inherit the variable from this process's environment while they start; it is taken
+    back afterwards, so a caller of ``train()`` (a notebook, a test) keeps its own threads and
+    does not hand one core to every process it starts later.
+    """
+    if "OMP_NUM_THREADS" in os.environ:  # the user's (or the job's share): theirs to keep
+        yield
+        return
+    os.environ["OMP_NUM_THREADS"] = str(cores_per_rank(nproc))
+    try:
+        yield
+    finally:
+        os.environ.pop("OMP_NUM_THREADS", None)
 
 
 def configure_rank(local_world_size: int, device: torch.device, compile: bool = False) -> None:
