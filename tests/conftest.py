@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -81,3 +82,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tmp_path_factory) -> Path:
+    """One 2x2 sweep through the CLI (act x seed: 4 tiny jobs), shared by the tests that only
+    read it (the sweep's own folders and summary, summarize, the comparison). Copy it first to
+    change it."""
+    sweep = tmp_path_factory.mktemp("tiny_sweep") / "sweep"
+    args = ["-m", *TINY, "act=relu,swish", "trainer.seed=range(2)", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.run(
+        [PYTHON, "-m", "densenet_exp", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return sweep

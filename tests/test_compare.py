@@ -6,14 +6,12 @@ Every statistic is checked against a computation made here, with numpy and scipy
 import csv
 import json
 import math
-import subprocess
 
 import numpy as np
 import pytest
 import torch
 import torchvision
 import yaml
-from conftest import PYTHON, ROOT, TINY
 from scipy import stats
 
 from densenet_exp import val_predictions
@@ -216,25 +214,8 @@ def test_the_flop_count_leaves_the_model_as_it_was():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_a_2x2_seed_sweep_gives_a_table_by_configuration_and_a_comparison(tmp_path):
-    sweep = tmp_path / "sweep"
-    proc = subprocess.run(
-        [
-            PYTHON,
-            "-m",
-            "densenet_exp",
-            "-m",
-            *TINY,
-            "act=relu,swish",
-            "trainer.seed=range(2)",
-            f"hydra.sweep.dir={sweep}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_a_2x2_seed_sweep_gives_a_table_by_configuration_and_a_comparison(tiny_sweep):
+    sweep = tiny_sweep
     jobs = sorted(p.name for p in sweep.iterdir() if (p / ".hydra").is_dir())
     assert jobs == [
         "0_act=relu,seed=0",

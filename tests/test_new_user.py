@@ -227,17 +227,11 @@ def fake_parent(path, overrides):
     return path
 
 
-def test_rerun_trains_in_the_folder_hydra_run_dir_names_and_nowhere_else(tmp_path):
+def test_rerun_trains_in_the_folder_hydra_run_dir_names_and_nowhere_else(tmp_path, monkeypatch):
     parent = fake_parent(tmp_path / "parent", TINY)
     target = tmp_path / "chosen"
-    proc = subprocess.run(
-        [PYTHON, "-m", "densenet_exp.runs", "rerun", str(parent), f"hydra.run.dir={target}"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    monkeypatch.chdir(tmp_path)  # where a relative outputs/ would appear
+    assert runs_main(["rerun", str(parent), f"hydra.run.dir={target}"]) == 0
     assert (target / "metrics.json").is_file() and (target / "parent.txt").is_file()
     assert (target / "diff.txt").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chosen", "parent"]  # no outputs/
