@@ -23,8 +23,7 @@ def init(rank: int, world: int, port: int) -> None:
     )
 
 
-def syncbn_worker(rank: int, world: int, port: int, out: str) -> None:
-    init(rank, world, port)
+def syncbn_check(rank: int, world: int, out: str) -> None:
     torch.manual_seed(0)
     x = torch.randn(8, 5, 4, 3, dtype=torch.float64)
     g = torch.randn_like(x)
@@ -49,7 +48,6 @@ def syncbn_worker(rank: int, world: int, port: int, out: str) -> None:
         },
         f"{out}/rank{rank}.pt",
     )
-    cleanup()
 
 
 def tiny_model() -> nn.Module:
@@ -74,24 +72,21 @@ def train_steps(model: nn.Module, rank: int, world: int, steps: int = 3) -> None
         opt.step()
 
 
-def ddp_syncbn_worker(rank: int, world: int, port: int, out: str) -> None:
-    init(rank, world, port)
+def ddp_syncbn_check(rank: int, world: int, out: str) -> None:
     model = SyncBatchNorm.convert(tiny_model())
     ddp = nn.parallel.DistributedDataParallel(model)
     train_steps(ddp, rank, world)
     if rank == 0:
         torch.save(model.state_dict(), f"{out}/ddp.pt")
-    cleanup()
 
 
-def eval_worker(rank: int, world: int, port: int, out: str) -> None:
+def eval_check(rank: int, world: int, out: str) -> None:
     from densenet_exp import val_predictions
     from densenet_exp.data import Indexed, ShardSampler
     from densenet_exp.data.synthetic import SyntheticDataset
     from densenet_exp.engine import evaluate
     from densenet_exp.precision import Precision
 
-    init(rank, world, port)
     ds = SyntheticDataset(13, 3, 8, seed=2)
     loader = torch.utils.data.DataLoader(
         Indexed(ds), batch_size=4, sampler=ShardSampler(13, rank, world)
@@ -113,7 +108,6 @@ def eval_worker(rank: int, world: int, port: int, out: str) -> None:
         torch.save(metrics, f"{out}/eval.pt")
         path = Path(out) / "val_predictions.csv"
         val_predictions.write(path, rows, val_predictions.image_names(ds), ds.classes)
-    cleanup()
 
 
 @record
@@ -131,9 +125,8 @@ def failing_rank(cfg: dict, run_dir: str) -> dict:
     return engine.run_rank(cfg, run_dir)
 
 
-def ddp_memory_efficient_worker(rank: int, world: int, port: int, out: str) -> None:
+def ddp_memory_efficient_check(rank: int, world: int, out: str) -> None:
     """The fused memory-efficient path under DDP (PReLU slopes included) equals the plain one."""
-    init(rank, world, port)
     states = {}
     for me in (False, True):
         torch.manual_seed(0)
@@ -144,13 +137,11 @@ def ddp_memory_efficient_worker(rank: int, world: int, port: int, out: str) -> N
         states[me] = model.state_dict()
     if rank == 0:
         torch.save(states, f"{out}/me.pt")
-    cleanup()
 
 
-def cleanup_worker(rank: int, world: int, port: int, out: str) -> None:
+def cleanup_check(rank: int, world: int, out: str) -> None:
     """Rank 0 arrives late at cleanup (as when it writes the last checkpoint); the others must
     not leave the process group before it arrives."""
-    init(rank, world, port)
     if rank == 0:
         time.sleep(0.5)
         torch.save(time.time(), f"{out}/arrived.pt")
@@ -158,3 +149,14 @@ def cleanup_worker(rank: int, world: int, port: int, out: str) -> None:
     else:
         cleanup()
         torch.save(time.time(), f"{out}/left{rank}.pt")
+
+
+def all_checks(rank: int, world: int, port: int, out: str) -> None:
+    """Every check above in one process group: one spawn of two ranks (each costs seconds)."""
+    init(rank, world, port)
+    syncbn_check(rank, world, out)
+    ddp_syncbn_check(rank, world, out)
+    eval_check(rank, world, out)
+    ddp_memory_efficient_check(rank, world, out)
+    dist.barrier()
+    cleanup_check(rank, world, out)  # last: it leaves the group

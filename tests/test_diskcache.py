@@ -173,7 +173,8 @@ def test_two_ranks_fail_fast_with_rank_0s_error_when_it_cannot_decode(broken, tm
     start = time.monotonic()
     with pytest.raises(RankFailedError, match=r"rank 0 failed: .*cannot decode image .*9\.jpg"):
         train(cfg, tmp_path / "run")
-    assert time.monotonic() - start < 60  # nobody waits for the long timeout of the cache's wait
+    # nobody waits for the cache's own wait (days) nor the collective timeout, however loaded
+    assert time.monotonic() - start < cfg.dist.timeout_s / 2
     # val decoded and was kept; of train nothing, not even a temporary file
     names = [p.name for p in (broken / ".densenet_exp_cache").iterdir()]
     assert sorted(n.split("-")[0] + n[n.rindex(".") :] for n in names) == ["val.json", "val.u8"]

@@ -17,13 +17,16 @@ from densenet_exp import distributed as du
 pytestmark = pytest.mark.slow
 
 
-def spawn(fn, tmp_path, world=2):
-    mp.spawn(fn, args=(world, free_port(), str(tmp_path)), nprocs=world, join=True)
+@pytest.fixture(scope="module")
+def spawned(tmp_path_factory):
+    """The folder where two ranks spawned once wrote what every check below reads."""
+    out = tmp_path_factory.mktemp("spawned")
+    mp.spawn(w.all_checks, args=(2, free_port(), str(out)), nprocs=2, join=True)
+    return out
 
 
-def test_portable_syncbn_matches_batchnorm_on_the_concatenated_batch(tmp_path):
-    spawn(w.syncbn_worker, tmp_path)
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+def test_portable_syncbn_matches_batchnorm_on_the_concatenated_batch(spawned, tmp_path):
+    r0, r1 = (torch.load(spawned / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     torch.manual_seed(0)
     x = torch.randn(8, 5, 4, 3, dtype=torch.float64)
     g = torch.randn_like(x)
@@ -42,9 +45,8 @@ def test_portable_syncbn_matches_batchnorm_on_the_concatenated_batch(tmp_path):
     torch.testing.assert_close(r0["rv"], bn.running_var)
 
 
-def test_two_ranks_with_syncbn_equal_one_process_on_the_double_batch(tmp_path):
-    spawn(w.ddp_syncbn_worker, tmp_path)
-    ddp_state = torch.load(tmp_path / "ddp.pt", weights_only=True)
+def test_two_ranks_with_syncbn_equal_one_process_on_the_double_batch(spawned, tmp_path):
+    ddp_state = torch.load(spawned / "ddp.pt", weights_only=True)
     single = w.tiny_model()
     w.train_steps(single, rank=0, world=1)
     for key, value in single.state_dict().items():
@@ -52,16 +54,14 @@ def test_two_ranks_with_syncbn_equal_one_process_on_the_double_batch(tmp_path):
         assert diff < 1e-5, (key, diff)
 
 
-def test_cleanup_waits_for_the_last_rank_before_leaving_the_group(tmp_path):
-    spawn(w.cleanup_worker, tmp_path)
-    arrived = torch.load(tmp_path / "arrived.pt", weights_only=True)
-    left = torch.load(tmp_path / "left1.pt", weights_only=True)
+def test_cleanup_waits_for_the_last_rank_before_leaving_the_group(spawned, tmp_path):
+    arrived = torch.load(spawned / "arrived.pt", weights_only=True)
+    left = torch.load(spawned / "left1.pt", weights_only=True)
     assert left >= arrived
 
 
-def test_distributed_evaluation_of_an_odd_val_set_equals_single_process(tmp_path):
-    spawn(w.eval_worker, tmp_path)
-    dist_metrics = torch.load(tmp_path / "eval.pt", weights_only=True)
+def test_distributed_evaluation_of_an_odd_val_set_equals_single_process(spawned, tmp_path):
+    dist_metrics = torch.load(spawned / "eval.pt", weights_only=True)
     from densenet_exp import val_predictions
     from densenet_exp.data import Indexed
     from densenet_exp.data.synthetic import SyntheticDataset
@@ -83,7 +83,7 @@ def test_distributed_evaluation_of_an_odd_val_set_equals_single_process(tmp_path
     single_file = tmp_path / "single.csv"
     val_predictions.write(single_file, sink.gather(), val_predictions.image_names(ds), ds.classes)
     # per-image predictions: the same file, byte for byte, from 1 rank and from 2
-    two_ranks = (tmp_path / "val_predictions.csv").read_text()
+    two_ranks = (spawned / "val_predictions.csv").read_text()
     assert two_ranks == single_file.read_text()
     rows = val_predictions.read(single_file)
     assert [int(r["index"]) for r in rows] == list(range(13))
@@ -94,27 +94,7 @@ def test_distributed_evaluation_of_an_odd_val_set_equals_single_process(tmp_path
     assert dist_metrics["val_loss"] == pytest.approx(single["val_loss"], rel=1e-6)
 
 
-def test_cli_with_two_ranks_makes_one_run_directory_with_world_size_two(tmp_path):
-    proc = subprocess.run(
-        [
-            PYTHON,
-            "-m",
-            "densenet_exp",
-            *TINY,
-            "dist.nproc_per_node=2",
-            "sync_bn=true",
-            "hydra.run.dir=run",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert [p.name for p in tmp_path.iterdir()] == ["run"]
-    summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert summary["world_size"] == 2 and summary["status"] == "completed"
-    assert "global batch 16" in (tmp_path / "run" / "train.log").read_text()
+# Two ranks from the command line, in one run directory: test_train's CLI test.
 
 
 def test_two_nodes_on_loopback_form_one_world_and_train(tmp_path):
@@ -159,7 +139,8 @@ def test_a_rank_that_raises_fails_the_job_fast_with_its_error_in_the_log(tmp_pat
     start = time.monotonic()
     with pytest.raises(du.RankFailedError, match=r"rank 1 failed: .*injected failure in rank 1"):
         du.launch(w.failing_rank, (cfg, str(run)), cfg["dist"], 2, torch.device("cpu"))
-    assert time.monotonic() - start < 60  # far below the 120 s collective timeout
+    # far below the collective timeout, however loaded the machine (it took ~4 s on 2 cores)
+    assert time.monotonic() - start < cfg["dist"]["timeout_s"] / 2
     log = (run / "train.log").read_text()
     assert "[rank 1] training failed on rank 1: ValueError: injected failure in rank 1" in log
 
@@ -211,9 +192,8 @@ def test_torchrun_recipe_trains_two_ranks_in_one_directory(tmp_path):
     ]
 
 
-def test_memory_efficient_layers_train_identically_under_ddp(tmp_path):
-    spawn(w.ddp_memory_efficient_worker, tmp_path)
-    states = torch.load(tmp_path / "me.pt", weights_only=True)
+def test_memory_efficient_layers_train_identically_under_ddp(spawned, tmp_path):
+    states = torch.load(spawned / "me.pt", weights_only=True)
     for key, value in states[False].items():
         torch.testing.assert_close(states[True][key], value, msg=key)
 

@@ -3,7 +3,7 @@ import subprocess
 
 import pytest
 import torch
-from conftest import PYTHON, ROOT, TINY, compose_cfg
+from conftest import PYTHON, TINY, compose_cfg
 
 from densenet_exp import train
 from densenet_exp.engine import loss_fn
@@ -149,22 +149,38 @@ def test_lr_schedules_warm_up_per_iteration_and_end_where_they_should():
     assert lr_factor(77, "constant", **kw) == 1.0
 
 
-def test_cli_trains_and_writes_hydras_files(tmp_path):
-    run = tmp_path / "cli"
+def test_cli_trains_two_ranks_in_one_run_directory_with_hydras_files(tmp_path):
+    # The one command-line training run of the suite (an interpreter start costs ~5-10 s), so it
+    # carries the checks that need the real entry point: Hydra's files, one directory for two
+    # ranks, and basic layers (no bottleneck) with synchronized BatchNorm across those ranks.
     proc = subprocess.run(
-        [PYTHON, "-m", "densenet_exp", *TINY, f"hydra.run.dir={run}"],
-        cwd=ROOT,
+        [
+            PYTHON,
+            "-m",
+            "densenet_exp",
+            *TINY,
+            "dist.nproc_per_node=2",
+            "sync_bn=true",
+            "model.bottleneck=false",
+            "model.compression=0.5",
+            "hydra.run.dir=run",
+        ],
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=300,
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "run"
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
     assert {p.name for p in (run / ".hydra").iterdir()} == {
         "config.yaml",
         "hydra.yaml",
         "overrides.yaml",
     }
-    assert json.loads((run / "metrics.json").read_text())["status"] == "completed"
+    summary = json.loads((run / "metrics.json").read_text())
+    assert summary["world_size"] == 2 and summary["status"] == "completed"
+    assert "global batch 16" in (run / "train.log").read_text()
 
 
 def test_eval_every_and_log_every_control_when_rows_and_lines_are_written(tmp_path):

@@ -1,12 +1,10 @@
 """DenseNet, DenseNet-B, DenseNet-C, DenseNet-BC: the paper's Table 2 as the test."""
 
 import copy
-import json
-import subprocess
 
 import pytest
 import torch
-from conftest import PYTHON, ROOT, TINY, compose_cfg
+from conftest import TINY, compose_cfg
 from torch import nn
 
 from densenet_exp import train
@@ -152,26 +150,5 @@ def test_the_ablation_bc_preset_sweeps_b_and_c_on_one_depth():
     assert params["model.compression"] == "1.0,0.5"
 
 
-@pytest.mark.slow
-def test_basic_layers_train_under_two_ranks_with_synchronized_batchnorm(tmp_path):
-    run = tmp_path / "run"
-    proc = subprocess.run(
-        [
-            PYTHON,
-            "-m",
-            "densenet_exp",
-            *TINY,
-            "model.bottleneck=false",
-            "model.compression=0.5",
-            "sync_bn=true",
-            "dist.nproc_per_node=2",
-            f"hydra.run.dir={run}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads((run / "metrics.json").read_text())
-    assert summary["status"] == "completed" and summary["world_size"] == 2
+# Basic layers under two ranks with synchronized BatchNorm, from the command line: test_train's
+# CLI test trains exactly that.
