@@ -6,20 +6,9 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ValidationError
 
-from densenet_exp.config import config_dir
+from densenet_exp.config import NODE_GROUPS, PRESET_GROUPS, Config, config_dir, to_plain
 
-GROUPS = [
-    "model",
-    "conv",
-    "act",
-    "amp",
-    "init",
-    "data",
-    "optim",
-    "sched",
-    "experiment",
-    "hparams_search",
-]
+GROUPS = [*NODE_GROUPS, *PRESET_GROUPS]
 
 
 def options(group):
@@ -34,9 +23,34 @@ def test_every_option_of_every_group_composes(group, option):
     cfg = compose_cfg([f"{group}={option}", *extra])
     if group not in ("experiment", "hparams_search"):
         assert cfg[group] is not None
-        name_key = {"conv": "type", "amp": "opt_level"}.get(group, "name")
+        name_key = {"conv": "type", "norm": "type", "amp": "opt_level"}.get(group, "name")
         assert str(getattr(cfg[group], name_key)).split(".")[-1] == option
     OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+
+
+def test_the_groups_are_the_config_tree_s_folders():
+    folders = {p.name for p in config_dir().iterdir() if p.is_dir()}
+    assert folders == set(GROUPS)
+    assert set(NODE_GROUPS) <= set(to_plain(Config()))  # each sets one node of the schema
+
+
+def test_the_schema_s_defaults_are_the_composed_default_config():
+    """One definition: the dataclasses are the default; option files only change it."""
+    composed = OmegaConf.to_container(compose_cfg(), resolve=True, enum_to_str=True)
+    assert to_plain(Config()) == composed
+
+
+@pytest.mark.parametrize("group", NODE_GROUPS)
+def test_an_option_file_holds_only_what_differs_from_the_schema(group):
+    defaults = to_plain(Config())[group]
+    for path in (config_dir() / group).glob("*.yaml"):
+        option = OmegaConf.to_container(OmegaConf.load(path))
+        same = {
+            k: v
+            for k, v in option.items()
+            if defaults.get(k) == v and k not in ("name", "type", "opt_level")
+        }
+        assert not same, f"{path.name} repeats the schema's defaults: {same}"
 
 
 def test_defaults_are_the_documented_ones():

@@ -43,6 +43,8 @@ from .parse import (
     parse_loss_scale,
 )
 from .schema import (
+    NODE_GROUPS,
+    PRESET_GROUPS,
     ActConfig,
     AmpConfig,
     Config,
@@ -60,6 +62,8 @@ from .schema import (
 )
 
 __all__ = [
+    "NODE_GROUPS",
+    "PRESET_GROUPS",
     "ActConfig",
     "ActName",
     "AmpBackend",

@@ -3,6 +3,10 @@
 Every group of ``conf/`` merges into one of these dataclasses, so a misspelled key or enum value
 fails when Hydra composes the config, before any work starts. The enums (``choices``) are the
 valid choices; ``convert`` turns a composed config into these dataclasses and back.
+
+The dataclass defaults are the default config, written once: ``Config()`` is what
+``python -m densenet_exp`` trains (the default model on the embedded digits), and each option
+file in ``conf/`` holds only what that option changes (a test holds the two together).
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ class ModelConfig:
     name: str = "densenet_bc_digits"
     growth_rate: int = 12
     # layers per dense block; null when ``depth`` gives them (the paper's CIFAR presets)
-    block_config: Optional[list[int]] = field(default_factory=lambda: [4, 4, 4])
+    block_config: Optional[list[int]] = field(default_factory=lambda: [3, 3, 3])
     depth: Optional[int] = None  # CIFAR L: 3 blocks of (L-4)/3 layers, or (L-4)/6 with bottleneck
     num_init_features: int = 24
     bottleneck: bool = True  # "B": BN-act-1x1 conv to bn_size*k before each 3x3 conv
@@ -110,24 +114,24 @@ class AmpConfig:
 @dataclass
 class InitConfig:
     name: InitName = InitName.kaiming
-    mode: InitMode = InitMode.fan_in
-    distribution: InitDistribution = InitDistribution.normal
+    mode: InitMode = InitMode.fan_out  # kaiming only
+    distribution: InitDistribution = InitDistribution.normal  # kaiming and xavier
 
 
 @dataclass
 class DataConfig:
     name: DataName = DataName.digits
-    root: Optional[str] = None  # digits: cache folder (null: ~/.cache/densenet_exp/digits)
+    root: Optional[str] = None  # digits: its folder (null: ~/.cache/densenet_exp/digits)
     train_dir: str = "train"
     val_dir: str = "val"
     val_split: float = 0.2
-    image_size: int = 32
+    image_size: int = 16
     batch_size: int = 64  # per rank
-    num_workers: str = "auto"  # loader workers per rank: "auto" (what the rank's cores allow) or N
+    num_workers: str = "0"  # loader workers per rank: "auto" (what the rank's cores allow) or N
     pin_memory: bool = True
     persistent_workers: bool = True
-    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     augment: Augment = Augment.light
     cache: CacheMode = CacheMode.auto  # decode once, keep uint8 in RAM (data/cache.py)
     # data.cache=disk's folder (null: .densenet_exp_cache in the data folder, or the user's cache)
@@ -166,7 +170,7 @@ class OptimConfig:
 @dataclass
 class SchedConfig:
     name: SchedName = SchedName.cos
-    warmup_epochs: float = 0.0
+    warmup_epochs: float = 1.0
     min_lr_ratio: float = 0.0  # cos/poly: final lr as a fraction of optim.lr
     power: float = 0.9  # poly
     step_size: int = 30  # step: epochs between decays
@@ -231,6 +235,12 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     dist: DistConfig = field(default_factory=DistConfig)
     sync_bn: bool = False
+
+
+# The nodes an option file of ``conf/<group>/`` sets whole (``trainer``, ``dist`` and ``sync_bn``
+# are set key by key), and the groups of presets that set several nodes and the sweep at once.
+NODE_GROUPS = ("model", "conv", "act", "norm", "amp", "init", "data", "optim", "sched")
+PRESET_GROUPS = ("experiment", "hparams_search")
 
 
 def register_configs() -> None:

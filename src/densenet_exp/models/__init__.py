@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import Config, ModelConfig, Stem, to_plain, to_typed
+from ..config import Config, Impl, ModelConfig, Stem, to_plain, to_typed
 from ..config import node as config_node
 from .architecture import ArchitectureError, check_options, resolve_block_config
 from .densenet import DenseNet
@@ -28,6 +28,7 @@ from .zoo import (
     densenet264,
     densenet_bc,
     densenet_cifar,
+    implementation,
 )
 
 __all__ = [
@@ -50,8 +51,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-IMPLS: dict[str, type[DenseNet]] = {"fast": FastDenseNet, "plain": DenseNet}
 
 
 def check_model_config(model_cfg: ModelConfig | Any) -> list[int]:
@@ -95,13 +94,13 @@ def build_model(cfg: Config | Any, num_classes: int | None = None) -> nn.Module:
     blocks = check_model_config(m)
     # the model's Python API takes plain keyword options (enums as strings)
     conv_cfg, act_cfg, norm_cfg = to_plain(cfg.conv), to_plain(cfg.act), to_plain(cfg.norm)
-    impl = m.impl.value
+    impl = m.impl
     own = is_custom(conv_cfg, act_cfg, norm_cfg)
-    if impl == "fast" and own:
+    if impl == Impl.fast and own:
         # the fast kernels know the built-in modules only: yours run as models/densenet.py says
         log.info("model.impl=fast does not know %s: the model runs the plain way", ", ".join(own))
-        impl = "plain"
-    model = IMPLS[impl](
+        impl = Impl.plain
+    model = implementation(impl)(
         growth_rate=m.growth_rate,
         block_config=tuple(blocks),
         bottleneck=m.bottleneck,

@@ -1,53 +1,84 @@
 """The named networks: torchvision's ImageNet DenseNets and the paper's CIFAR ones.
 
-Each only picks constants. ``impl`` chooses the implementation: ``fast`` (``models/fast``, the
-default) or ``plain`` (``models/densenet.py``); both have the same parameters, so
+Each only picks constants; the ImageNet ones read theirs from ``conf/model/``, where the command
+line reads them too. ``impl`` chooses the implementation: ``fast`` (``models/fast``, the default)
+or ``plain`` (``models/densenet.py``); both have the same parameters, so
 ``densenet121().load_state_dict(torchvision.models.densenet121().state_dict())`` works with either.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cache
 from typing import Any
 
+from omegaconf import OmegaConf
+
+from ..config import Impl, ModelConfig, config_dir
+from ..config import node as config_node
 from .architecture import cifar_block_config
 from .densenet import DenseNet
 from .fast import DenseNet as FastDenseNet
+
+IMPLS: dict[Impl, type[DenseNet]] = {Impl.fast: FastDenseNet, Impl.plain: DenseNet}
+
+
+def implementation(impl: Impl | str) -> type[DenseNet]:
+    """The class of ``model.impl``: ``fast`` (models/fast) or ``plain`` (models/densenet.py)."""
+    try:
+        return IMPLS[Impl(impl)]
+    except ValueError:
+        choices = ", ".join(i.value for i in Impl)
+        raise ValueError(f"unknown model.impl {impl!r}; valid choices: {choices}") from None
 
 
 def _densenet(
     growth_rate: int,
     block_config: Sequence[int],
     num_init_features: int,
-    impl: str = "fast",
+    impl: Impl | str = Impl.fast,
     **kwargs: Any,
 ) -> DenseNet:
-    """The network of ``impl``: ``fast`` (models/fast, the default) or ``plain``."""
-    if impl == "plain":
-        return DenseNet(growth_rate, block_config, num_init_features, **kwargs)
-    if impl == "fast":
-        return FastDenseNet(growth_rate, block_config, num_init_features, **kwargs)
-    raise ValueError(f"unknown model.impl {impl!r}; valid choices: fast, plain")
+    return implementation(impl)(growth_rate, block_config, num_init_features, **kwargs)
+
+
+@cache
+def preset(name: str) -> ModelConfig:
+    """A preset of ``conf/model/``: its sizes are written there once, for the command line and
+    for these factories alike."""
+    return config_node(ModelConfig, OmegaConf.load(config_dir() / "model" / f"{name}.yaml"))
+
+
+def _imagenet(name: str, num_classes: int, options: dict[str, Any]) -> DenseNet:
+    m = preset(name)
+    options.setdefault("stem", m.stem.value)
+    return _densenet(
+        m.growth_rate,
+        tuple(m.block_config),
+        m.num_init_features,
+        num_classes=num_classes,
+        **options,
+    )
 
 
 def densenet121(num_classes: int = 1000, **options: Any) -> DenseNet:
-    return _densenet(32, (6, 12, 24, 16), 64, num_classes=num_classes, **options)
+    return _imagenet("densenet121", num_classes, options)
 
 
 def densenet161(num_classes: int = 1000, **options: Any) -> DenseNet:
-    return _densenet(48, (6, 12, 36, 24), 96, num_classes=num_classes, **options)
+    return _imagenet("densenet161", num_classes, options)
 
 
 def densenet169(num_classes: int = 1000, **options: Any) -> DenseNet:
-    return _densenet(32, (6, 12, 32, 32), 64, num_classes=num_classes, **options)
+    return _imagenet("densenet169", num_classes, options)
 
 
 def densenet201(num_classes: int = 1000, **options: Any) -> DenseNet:
-    return _densenet(32, (6, 12, 48, 32), 64, num_classes=num_classes, **options)
+    return _imagenet("densenet201", num_classes, options)
 
 
 def densenet264(num_classes: int = 1000, **options: Any) -> DenseNet:
-    return _densenet(32, (6, 12, 64, 48), 64, num_classes=num_classes, **options)
+    return _imagenet("densenet264", num_classes, options)
 
 
 def densenet_bc(

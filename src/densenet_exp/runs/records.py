@@ -17,10 +17,12 @@ from typing import Any
 import yaml
 
 from .. import val_predictions
+from ..config import NODE_GROUPS
 from ..metrics import HISTORY_FILE, SUMMARY_FILE, SUMMARY_KEYS, RunSummary
 from ..overrides import NOT_CONFIGURATION, override_key
 
-GROUPS = ("model", "conv", "act", "norm", "amp", "init", "data", "optim", "sched", "experiment")
+# the group choices a run table shows: every node group, and the preset a run was made from
+GROUPS = (*NODE_GROUPS, "experiment")
 # the per-job table's metric columns: fields of the summary the engine writes
 METRICS = (
     "best_val_top1",
