@@ -14,8 +14,8 @@ from torch.utils.data import DataLoader
 from densenet_exp import train
 from densenet_exp.config import ConfigError, to_typed
 from densenet_exp.data import DataError, build_datasets, build_loaders, check_decode
+from densenet_exp.data.decode import load_image
 from densenet_exp.data.streamed import DeviceDecodedLoader, DeviceDecoder, StreamedSplit
-from densenet_exp.data.transforms import load_image
 
 FOLDER = ["data=imagefolder", "data.image_size=16", "data.batch_size=4", "data.num_workers=0"]
 CPU = torch.device("cpu")

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data.transforms import load_image
+from .data.decode import load_image
 
 
 def export_model(model: nn.Module, kind: str, path: Path, example: torch.Tensor) -> float:

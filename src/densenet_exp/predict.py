@@ -26,8 +26,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import CheckpointError, load_checkpoint, model_weights
 from .config import OptLevel, to_typed
-from .data.imagefolder import DECODE_ERRORS, log_ignored, visible_files
-from .data.transforms import eval_transform, load_image
+from .data.decode import DECODE_ERRORS, load_image
+from .data.imagefolder import log_ignored, visible_files
+from .data.transforms import eval_transform
 from .distributed import resolve_device
 from .export import export_checked
 from .models import build_model

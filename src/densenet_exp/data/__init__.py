@@ -24,12 +24,12 @@ from ..config import (
 )
 from ..config import node as config_node
 from ..process import loader_start_method, loader_worker_init
-from . import cache, diskcache
+from . import cache, decode, diskcache
 from .augment import BatchAugment, normalize_batch
 from .cache import DecodedSplit
+from .decode import DataError, load_image
 from .digits import ensure_digits
 from .imagefolder import (
-    DataError,
     ImageFolderDataset,
     Sample,
     build_imagefolder_splits,
@@ -39,7 +39,7 @@ from .readahead import ReadAhead
 from .samplers import Indexed, ResumableSampler, ShardSampler
 from .streamed import DeviceDecodedLoader, DeviceDecoder, StreamedSplit, check_decode
 from .synthetic import SyntheticDataset
-from .transforms import build_transform, load_image
+from .transforms import build_transform
 
 log = logging.getLogger("densenet_exp")
 
@@ -131,7 +131,7 @@ def _cache_wanted(d: DataConfig, n_images: int, local_ranks: int) -> bool:
     """``data.cache``: ``ram``, ``none``, or ``auto`` (ram when it fits the budget; logged)."""
     if d.cache != CacheMode.auto:
         return d.cache in (CacheMode.ram, CacheMode.disk)
-    side = cache.stored_side(d.image_size, d.eval_crop_ratio)
+    side = decode.stored_side(d.image_size, d.eval_crop_ratio)
     need, budget = cache.estimate_bytes(n_images, side), cache.ram_budget(local_ranks)
     if need > budget:
         log.info(

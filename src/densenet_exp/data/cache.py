@@ -30,12 +30,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
-from torchvision.transforms import v2
 
 from ..process import loader_start_method, loader_worker_init
-from .imagefolder import DataError, Sample
+from .imagefolder import Sample
 
-if TYPE_CHECKING:  # streamed imports this module's layouts
+if TYPE_CHECKING:  # for annotations only: streamed builds on the cache
     from .streamed import StreamedSplit
 
 log = logging.getLogger("densenet_exp")
@@ -88,11 +87,6 @@ class DecodedSplit(Dataset):
         return self.images.nbytes
 
 
-def stored_side(image_size: int, eval_crop_ratio: float) -> int:
-    """The side of a ``whole`` image: what the eval transform resizes the short side to."""
-    return round(image_size / eval_crop_ratio)
-
-
 def estimate_bytes(n_images: int, side: int) -> int:
     return n_images * 3 * side * side
 
@@ -112,20 +106,6 @@ def _available_memory() -> int:
     except OSError:
         pass
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-
-
-def layout_geometry(
-    layout: str, image_size: int, eval_crop_ratio: float
-) -> tuple[int, v2.Transform]:
-    """A layout's stored side and the transform that makes it from a decoded uint8 image (on
-    whatever device the image is)."""
-    if layout == "center":
-        resize = v2.Resize(stored_side(image_size, eval_crop_ratio), antialias=True)
-        return image_size, v2.Compose([resize, v2.CenterCrop(image_size)])
-    if layout == "whole":
-        side = stored_side(image_size, eval_crop_ratio)
-        return side, v2.Resize((side, side), antialias=True)
-    raise ValueError(f"unknown cache layout {layout!r}; valid choices: center, whole")
 
 
 def decode_split(split: StreamedSplit, workers: int = 0) -> DecodedSplit:
@@ -190,16 +170,6 @@ def fill_decoded(split: StreamedSplit, images: Tensor, workers: int = 0) -> tupl
     for batch in loader:
         take(batch)
     return sizes, keep.nonzero().flatten()
-
-
-def bad_image(path: str, error: str, on_bad_image: str, warned: set[str] | None = None) -> None:
-    """``data.on_bad_image``: raise, or warn (once per path in ``warned``) and go on without it."""
-    if on_bad_image == "error":
-        raise DataError(f"cannot decode image {path}: {error} (data.on_bad_image=error)")
-    if warned is None or path not in warned:
-        log.warning("skipping image that fails to decode: %s (%s)", path, error)
-    if warned is not None:
-        warned.add(path)
 
 
 def describe(splits: Sequence[DecodedSplit]) -> str:

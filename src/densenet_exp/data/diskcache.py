@@ -34,7 +34,7 @@ import torch.distributed as dist
 import torchvision
 
 from .cache import DecodedSplit, fill_decoded, kept_split
-from .imagefolder import DataError
+from .decode import DataError
 from .streamed import StreamedSplit
 
 log = logging.getLogger("densenet_exp")

@@ -16,22 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset, default_collate
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from .transforms import load_image
+from .decode import DECODE_ERRORS, DataError, load_image
 
 log = logging.getLogger(__name__)
 
 Sample = tuple[str, int]
-DECODE_ERRORS = (
-    OSError,
-    ValueError,
-    SyntaxError,
-    UnidentifiedImageError,
-    Image.DecompressionBombError,
-)
 
 # Folders and files that file managers, notebooks, archivers and NAS boxes leave among photos.
 # Names starting with "." (.ipynb_checkpoints, .thumbnails, .Trash-1000, macOS's ._name.jpg
@@ -95,10 +88,6 @@ def log_ignored(ignored: list[str], where: Path) -> None:
             ", ".join(ignored[:8]),
             more,
         )
-
-
-class DataError(ValueError):
-    """A problem with the user's data, reported before training starts."""
 
 
 def find_classes(directory: Path, ignored: list[str] | None = None) -> list[str]:

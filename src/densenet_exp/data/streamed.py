@@ -1,6 +1,6 @@
 """Splits that are not cached but go to the device as uint8 batches, decoded every epoch.
 
-Two cases share the cache's layouts (``cache.layout_geometry``) and its device augmentation
+Two cases share the cache's layouts (``decode.layout_geometry``) and its device augmentation
 (``augment.BatchAugment``), so a streamed split trains exactly like a cached one:
 
 - ``data.decode=cpu`` with ``data.augment_on=device``: the loader's workers decode with PIL and
@@ -30,10 +30,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from ..config import AugmentOn, ConfigError, DataConfig, DecodeOn
-from .cache import bad_image, layout_geometry
-from .imagefolder import DECODE_ERRORS, Sample
+from .decode import DECODE_ERRORS, bad_image, layout_geometry, load_image, orientation
+from .imagefolder import Sample
 from .readahead import ReadAhead
-from .transforms import load_image, orientation
 
 log = logging.getLogger("densenet_exp")
 

@@ -1,10 +1,12 @@
 """Run-directory tools (``python -m densenet_exp.runs``): summarize, compare, diff, rerun."""
 
 from .cli import main
-from .compare import Comparison, compare, write_compare
+from .compare import Comparison, compare
+from .configs import Configuration, configurations
 from .diff import diff_runs, format_diff, merge_overrides, rerun
 from .records import Run, find_runs, flatten, load_run
-from .table import Configuration, configurations, summary_rows, write_summary
+from .report import write_compare, write_summary
+from .table import summary_rows
 
 __all__ = [
     "Comparison",

@@ -17,11 +17,10 @@ import json
 import sys
 from pathlib import Path
 
-from .compare import write_compare
 from .diff import diff_runs, format_diff, rerun
 from .plots import COSTS
 from .records import load_run
-from .table import write_summary
+from .report import write_compare, write_summary
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -16,18 +16,17 @@ Runs without prediction files (older runs) fall back to Welch's t-test on the se
 
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import stats as sps
 
 from . import stats
-from .records import Run, find_runs
-from .table import Configuration, configurations, mark_baseline, markdown
+from .configs import Configuration, mark_baseline
+from .records import Run
+from .table import markdown
 
 
 @dataclass
@@ -157,45 +156,3 @@ def comparison_markdown(rows: list[dict[str, Any]]) -> list[str]:
         )
     columns = ["configuration", "n", "Δ top-1 vs baseline", "95% CI", "P(better)", "test"]
     return markdown([*columns, "p", "p (Holm)", "verdict"], shown)
-
-
-def write_compare(
-    paths: list[str | Path],
-    out_dir: str | Path | None,
-    baseline: str | None = None,
-    plot: bool = True,
-    runs: list[Run] | None = None,
-) -> tuple[list[dict[str, Any]], str]:
-    """Compare the configurations of every run under ``paths`` (or of ``runs``, already read);
-    write compare.* to ``out_dir``. Returns the rows and the markdown text (printed by the CLI).
-    """
-    if runs is None:
-        runs, seen = [], set()
-        for p in paths:
-            for run in find_runs(p):
-                if run.path.resolve() not in seen:
-                    seen.add(run.path.resolve())
-                    runs.append(run)
-    configs = configurations(runs)
-    comparisons = compare(configs, baseline)
-    rows = comparison_rows(comparisons)
-    base = next((c for c in configs if c.baseline), None)
-    header = [
-        f"## Against the baseline: {base.label if base else '(none)'} "
-        f"(n={len(base.ok) if base else 0}); final val top-1, 5% level, Holm-corrected",
-        "",
-    ]
-    text = "\n".join(header + comparison_markdown(rows)) + "\n"
-    if out_dir is not None:
-        out = Path(out_dir)
-        with (out / "compare.csv").open("w", newline="") as f:
-            columns = list(rows[0]) if rows else ["configuration"]
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(rows)
-        (out / "compare.md").write_text(text)
-        if plot and comparisons:
-            from .plots import compare_plot
-
-            compare_plot(comparisons, out / "compare.png")
-    return rows, text

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .table import Configuration
+from .configs import Configuration
 
 COSTS = {
     "macs": ("macs_per_image", 1e-9, "GMACs per image (multiply-adds, torch FlopCounterMode / 2)"),

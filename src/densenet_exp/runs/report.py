@@ -1,0 +1,89 @@
+"""The files a sweep folder gets: ``summary.*`` per job and per configuration, ``compare.*``
+against the baseline. ``table`` and ``plots`` render; ``configs`` and ``compare`` compute."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+from .compare import compare, comparison_markdown, comparison_rows
+from .configs import configurations
+from .plots import compare_plot, summary_plot
+from .records import GROUPS, METRICS, Run, find_runs
+from .table import config_markdown, config_rows, markdown, summary_rows
+
+
+def write_summary(
+    root: str | Path, plot: bool = True, cost: str = "macs", runs: list[Run] | None = None
+) -> list[dict[str, Any]]:
+    """``summary.csv`` (per job), ``summary_by_config.csv``, ``summary.md`` and ``summary.png``.
+
+    Returns the per-job rows.
+    """
+    root = Path(root)
+    runs = find_runs(root) if runs is None else runs
+    rows = summary_rows(runs)
+    columns = ["job", "status"]
+    columns += [g for g in GROUPS if any(g in r for r in rows)]
+    columns += ["overrides", *METRICS, "error"]
+    with (root / "summary.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    configs = configurations(runs)
+    by_config = config_rows(configs)
+    if by_config:
+        with (root / "summary_by_config.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(by_config[0]))
+            writer.writeheader()
+            writer.writerows(by_config)
+    text = []
+    if by_config:
+        text += ["## By configuration (mean ± std [95% CI] over seeds)", ""]
+        text += [*config_markdown(by_config), "", "## Jobs", ""]
+    text += markdown(columns, rows)
+    (root / "summary.md").write_text("\n".join(text) + "\n")
+    if plot and runs:
+        summary_plot(configs, root / "summary.png", cost=cost)
+    return rows
+
+
+def write_compare(
+    paths: list[str | Path],
+    out_dir: str | Path | None,
+    baseline: str | None = None,
+    plot: bool = True,
+    runs: list[Run] | None = None,
+) -> tuple[list[dict[str, Any]], str]:
+    """Compare the configurations of every run under ``paths`` (or of ``runs``, already read);
+    write compare.* to ``out_dir``. Returns the rows and the markdown text (printed by the CLI).
+    """
+    if runs is None:
+        runs, seen = [], set()
+        for p in paths:
+            for run in find_runs(p):
+                if run.path.resolve() not in seen:
+                    seen.add(run.path.resolve())
+                    runs.append(run)
+    configs = configurations(runs)
+    comparisons = compare(configs, baseline)
+    rows = comparison_rows(comparisons)
+    base = next((c for c in configs if c.baseline), None)
+    header = [
+        f"## Against the baseline: {base.label if base else '(none)'} "
+        f"(n={len(base.ok) if base else 0}); final val top-1, 5% level, Holm-corrected",
+        "",
+    ]
+    text = "\n".join(header + comparison_markdown(rows)) + "\n"
+    if out_dir is not None:
+        out = Path(out_dir)
+        with (out / "compare.csv").open("w", newline="") as f:
+            columns = list(rows[0]) if rows else ["configuration"]
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        (out / "compare.md").write_text(text)
+        if plot and comparisons:
+            compare_plot(comparisons, out / "compare.png")
+    return rows, text
