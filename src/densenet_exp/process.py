@@ -76,6 +76,11 @@ def configure_rank(local_world_size: int, device: torch.device, compile: bool = 
     # ``prepare()`` ("DataLoader worker exited unexpectedly", hydra#964). Reset it to spawn.
     if mp.get_start_method(allow_none=True) == "loky":
         mp.set_start_method("spawn", force=True)
+    if loader_start_method() == "forkserver":
+        # Loader workers fork from one server process; with torch and the data package imported
+        # there once, a worker starts in milliseconds instead of importing them again (seconds
+        # each, for every worker of every loader). The server only imports: no threads to fork.
+        mp.set_forkserver_preload(["torch", "densenet_exp.data"])
     if compile:
         configure_compiler()
 
