@@ -15,8 +15,13 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) -m densenet_exp $(ARGS)
 
+# Two pytest workers, each test file on one worker (its module fixtures are made once), one
+# compute thread per process: the suite is mostly interpreters starting and tiny models, and two
+# workers each running torch's 2-thread pool would fight over the 2 cores (measured: slower than
+# one worker). TEST_ARGS adds pytest options, e.g. TEST_ARGS="-n 0 -k sweep".
+TEST_ARGS ?=
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile $(TEST_ARGS) tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

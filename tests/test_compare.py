@@ -214,33 +214,6 @@ def test_the_flop_count_leaves_the_model_as_it_was():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_a_2x2_seed_sweep_gives_a_table_by_configuration_and_a_comparison(tiny_sweep):
-    sweep = tiny_sweep
-    jobs = sorted(p.name for p in sweep.iterdir() if (p / ".hydra").is_dir())
-    assert jobs == [
-        "0_act=relu,seed=0",
-        "1_act=relu,seed=1",
-        "2_act=swish,seed=0",
-        "3_act=swish,seed=1",
-    ]
-    by_config = list(csv.DictReader((sweep / "summary_by_config.csv").open()))
-    assert [(r["configuration"], r["n"]) for r in by_config] == [
-        ("act=relu (baseline)", "2"),
-        ("act=swish", "2"),
-    ]
-    compared = list(csv.DictReader((sweep / "compare.csv").open()))
-    assert len(compared) == 1 and compared[0]["configuration"] == "act=swish"
-    assert compared[0]["verdict"] in ("better", "worse", "no detectable difference")
-    assert compared[0]["test"].startswith("bootstrap (2 vs 2 seeds x 13 images)")
-    for name in ("summary.png", "compare.png"):
-        assert (sweep / name).stat().st_size > 10_000
-    assert len(list(csv.DictReader((sweep / "summary.csv").open()))) == 4  # per job, as before
-    for job in jobs:
-        assert len(val_predictions.read(sweep / job / val_predictions.FINAL_FILE)) == 13
-        assert (sweep / job / val_predictions.BEST_FILE).is_file()
-        assert json.loads((sweep / job / "metrics.json").read_text())["macs_per_image"] > 0
-
-
 def test_the_baseline_of_a_swept_value_is_the_value_the_sweep_started_from(tmp_path):
     # multirun.yaml holds the sweep's config before the swept values: optim.lr was 0.1 there
     (tmp_path / "multirun.yaml").write_text(

@@ -142,3 +142,19 @@ def test_editing_the_plain_layer_changes_what_trains_under_impl_plain(tmp_path, 
         k for k in w_before["model"] if not torch.equal(w_before["model"][k], w_after["model"][k])
     ]
     assert changed and before["final_val_loss"] != after["final_val_loss"]
+
+
+@pytest.mark.parametrize(
+    "overrides, said",
+    [
+        (["model.impl=plain"], "impl=plain: models/densenet.py"),
+        (["model.impl=fast"], "impl=fast: models/fast/densenet.py"),
+        # a custom activation runs the plain way whatever model.impl asks: the line says so
+        (["model.impl=fast", "act.name=custom", "act._target_=torch.nn.SiLU"], "impl=plain"),
+    ],
+)
+def test_the_start_up_line_names_the_implementation_that_trains(tmp_path, caplog, overrides, said):
+    caplog.set_level("INFO", logger="densenet_exp")
+    train(compose_cfg([*TINY, "trainer.max_steps=1", *overrides]), tmp_path / "run")
+    start = next(r.getMessage() for r in caplog.records if "params," in r.getMessage())
+    assert f"model densenet_bc_digits ({said}" in start

@@ -32,9 +32,13 @@ LONGER = [
 # Only the killed run is a process of its own (the kill is the point); the uninterrupted run and
 # the resume train in-process, which saves an interpreter start (~4-10 s) each.
 def start(args, run, **kw):
+    # the killed run computes with this process's thread count, as the in-process runs do: a
+    # convolution's sums are grouped by thread, and the runs must agree bit for bit
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     return subprocess.Popen(
         [PYTHON, "-m", "densenet_exp", *args, f"hydra.run.dir={run}"],
         cwd=ROOT,
+        env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

@@ -10,6 +10,7 @@ import yaml
 from conftest import PYTHON, ROOT, TINY, compose_cfg
 from omegaconf import OmegaConf
 
+from densenet_exp import val_predictions
 from densenet_exp.runs import diff_runs, load_run, main, merge_overrides, write_summary
 
 pytestmark = pytest.mark.slow
@@ -77,6 +78,33 @@ def test_a_sweep_of_two_rank_jobs_has_one_folder_each_and_a_failed_job_is_a_fail
     assert rows["1_optim.lr=nan"]["status"] == "failed"
     assert rows["1_optim.lr=nan"]["error"].startswith("NonFiniteLossError: loss was non-finite")
     assert not list(ROOT.glob("outputs/*/*_rerun"))  # nothing leaked into the checkout
+
+
+def test_a_2x2_seed_sweep_gives_a_table_by_configuration_and_a_comparison(tiny_sweep):
+    sweep = tiny_sweep
+    jobs = sorted(p.name for p in sweep.iterdir() if (p / ".hydra").is_dir())
+    assert jobs == [
+        "0_act=relu,seed=0",
+        "1_act=relu,seed=1",
+        "2_act=swish,seed=0",
+        "3_act=swish,seed=1",
+    ]
+    by_config = list(csv.DictReader((sweep / "summary_by_config.csv").open()))
+    assert [(r["configuration"], r["n"]) for r in by_config] == [
+        ("act=relu (baseline)", "2"),
+        ("act=swish", "2"),
+    ]
+    compared = list(csv.DictReader((sweep / "compare.csv").open()))
+    assert len(compared) == 1 and compared[0]["configuration"] == "act=swish"
+    assert compared[0]["verdict"] in ("better", "worse", "no detectable difference")
+    assert compared[0]["test"].startswith("bootstrap (2 vs 2 seeds x 13 images)")
+    for name in ("summary.png", "compare.png"):
+        assert (sweep / name).stat().st_size > 10_000
+    assert len(list(csv.DictReader((sweep / "summary.csv").open()))) == 4  # per job, as before
+    for job in jobs:
+        assert len(val_predictions.read(sweep / job / val_predictions.FINAL_FILE)) == 13
+        assert (sweep / job / val_predictions.BEST_FILE).is_file()
+        assert json.loads((sweep / job / "metrics.json").read_text())["macs_per_image"] > 0
 
 
 def test_summarize_rebuilds_the_table_for_any_folder_of_runs(tiny_sweep, tmp_path, capsys):

@@ -9,6 +9,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from .metrics import Status
+
 log = logging.getLogger(__name__)
 
 
@@ -32,7 +34,7 @@ class SweepSummary(Callback):
         comparisons, text = write_compare([sweep_dir], sweep_dir, runs=runs)
         if comparisons:
             log.info("comparison with the baseline (%s):\n%s", sweep_dir / "compare.md", text)
-        failed = [r["job"] for r in rows if r["status"] not in ("ok",)]
+        failed = [r["job"] for r in rows if r["status"] != Status.ok]
         if failed:
             # SystemExit, not an exception: Hydra turns callback exceptions into warnings
             raise SystemExit(

@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from .metrics import Status
 from .overrides import override_key
 
 # keys the resume command sets itself; the run's own values of them are dropped
@@ -42,12 +43,12 @@ def resume_command(run_dir: Path, extra: tuple[str, ...] = ()) -> str:
 def closing_block(run_dir: Path, summary: dict[str, Any]) -> str:
     """A few lines for the end of the log: status, best top-1 and its epoch, time, next steps."""
     run_dir = Path(run_dir).resolve()
-    status = summary.get("status", "completed")
+    status = summary.get("status", Status.completed)
     wall = _duration(float(summary.get("wall_s") or 0.0))
     last = run_dir / "checkpoints" / "last.pt"
     best_ckpt = run_dir / "checkpoints" / "best.pt"
     lines = [""]
-    if status == "completed":
+    if status == Status.completed:
         best, epoch = summary.get("best_val_top1"), summary.get("best_epoch")
         final = summary.get("final_val_top1")
         headline = f"run completed in {wall}"

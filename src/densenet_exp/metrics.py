@@ -8,10 +8,26 @@ is what the rows say so far.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from enum import Enum
 from typing import Any
 
 HISTORY_FILE = "metrics.jsonl"
 SUMMARY_FILE = "metrics.json"
+
+
+class Status(str, Enum):
+    """The words for how a run stands, written once: what ``metrics.json`` says (the first
+    three; ``running`` while it has rows only), and how the run tables show a job."""
+
+    completed = "completed"
+    failed = "failed"  # with the error
+    interrupted = "interrupted"  # SIGTERM or Ctrl-C: resumable from last.pt
+    running = "running"  # no metrics.json yet
+    ok = "ok"  # the run tables' word for completed
+    not_started = "not started"  # a job folder with nothing in it yet
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass
@@ -35,7 +51,7 @@ class EpochRow:
 class RunSummary:
     """How a run ended. ``status``: completed, failed (with ``error``) or interrupted."""
 
-    status: str = "completed"
+    status: str = Status.completed.value
     best_val_top1: float | None = None
     best_epoch: int | None = None  # the epoch of best_val_top1, from 0 as in EpochRow
     final_val_top1: float | None = None
@@ -54,7 +70,7 @@ class RunSummary:
     def to_dict(self) -> dict[str, Any]:
         """What ``metrics.json`` holds: every key of a completed run; what is known otherwise."""
         out = asdict(self)
-        if self.status == "completed":
+        if self.status == Status.completed:
             out.pop("error")
             return out
         return {k: v for k, v in out.items() if v is not None}
@@ -63,12 +79,12 @@ class RunSummary:
     def from_history(cls, rows: list[dict[str, Any]]) -> RunSummary:
         """The summary the rows of ``metrics.jsonl`` imply, for a run without ``metrics.json``."""
         if not rows:
-            return cls(status="running")
+            return cls(status=Status.running.value)
         last = rows[-1]
         tops = [r["val_top1"] for r in rows if "val_top1" in r]
         best = max(tops) if tops else None
         return cls(
-            status="running",
+            status=Status.running.value,
             best_val_top1=best,
             best_epoch=next((r.get("epoch") for r in rows if r.get("val_top1") == best), None),
             final_val_top1=last.get("val_top1"),

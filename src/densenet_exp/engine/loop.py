@@ -8,7 +8,7 @@ from typing import Any
 
 from .. import distributed as du
 from ..config import Config
-from ..metrics import EpochRow, RunSummary
+from ..metrics import EpochRow, RunSummary, Status
 from ..val_predictions import PredictionSink
 from .build import Components, build, wrap
 from .epoch import EpochResult, train_one_epoch
@@ -52,7 +52,7 @@ def fit(cfg: Config, run_dir: Path, ctx: du.DistContext) -> dict[str, Any]:
             if result.reached_max_steps:
                 break
     summary = RunSummary(
-        status="completed",
+        status=Status.completed.value,
         best_val_top1=st.best_top1 if st.best_top1 >= 0 else None,
         best_epoch=st.best_epoch,
         final_val_top1=last_eval.get("val_top1"),

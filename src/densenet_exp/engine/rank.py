@@ -13,7 +13,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from .. import distributed as du
 from ..closing import closing_block
 from ..config import Config, to_typed
-from ..metrics import SUMMARY_FILE, RunSummary
+from ..metrics import SUMMARY_FILE, RunSummary, Status
 from ..process import configure_rank
 from .guards import TrainingInterrupted
 from .helpers import setup_logging
@@ -32,24 +32,25 @@ def run_rank(cfg: Config | Any, run_dir: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     try:
         summary = fit(cfg, run_path, ctx)
+        ended = RunSummary(**summary)
     except (KeyboardInterrupt, TrainingInterrupted) as e:
         log.warning("interrupted: %s", e or "KeyboardInterrupt")
-        ended = RunSummary("interrupted", error=str(e), wall_s=time.perf_counter() - t0).to_dict()
-        _write_summary(run_path, ctx, ended)
-        _closing_block(run_path, ctx, ended)
+        ended = RunSummary(Status.interrupted.value, error=str(e))
         raise
     except BaseException as e:
         log.error("training failed on rank %d: %s: %s", ctx.rank, type(e).__name__, e)
-        error = f"{type(e).__name__}: {e}"
-        ended = RunSummary("failed", error=error, wall_s=time.perf_counter() - t0).to_dict()
-        _write_summary(run_path, ctx, ended)
-        _closing_block(run_path, ctx, ended)
+        ended = RunSummary(Status.failed.value, error=f"{type(e).__name__}: {e}")
         # No destroy_process_group here: it would make the other ranks fail with "connection
         # closed" before this rank's own error is recorded, and the job would report that instead.
         raise
-    du.cleanup()
-    _write_summary(run_path, ctx, summary)
-    _closing_block(run_path, ctx, summary)
+    else:
+        du.cleanup()
+    finally:
+        # however the run ended, rank 0 writes metrics.json and says so at the end of the log
+        if ended.wall_s is None:
+            ended.wall_s = time.perf_counter() - t0
+        _write_summary(run_path, ctx, ended.to_dict())
+        _closing_block(run_path, ctx, ended.to_dict())
     return summary
 
 

@@ -12,6 +12,7 @@ from .. import distributed as du
 from .. import val_predictions
 from ..config import Config
 from ..metrics import HISTORY_FILE, EpochRow
+from ..models import implementation_of
 from .build import Components
 
 log = logging.getLogger("densenet_exp")
@@ -31,9 +32,12 @@ class RunLog:
         c = self.c
         batch = c.data_cfg.batch_size
         log.info(
-            "model %s: %s params, %.3g GMACs/image | %s | world %d x batch %d (x%d accum) = "
-            "global batch %d | %d train / %d val images, %d classes | %d steps/epoch on %s",
+            "model %s (impl=%s: %s): %s params, %.3g GMACs/image | %s | world %d x batch %d "
+            "(x%d accum) = global batch %d | %d train / %d val images, %d classes | "
+            "%d steps/epoch on %s",
             self.cfg.model.name,
+            implementation_of(c.model),
+            type(c.model).__module__.removeprefix("densenet_exp.").replace(".", "/") + ".py",
             f"{c.n_params:,}",
             c.macs / 1e9,
             c.precision.describe(),

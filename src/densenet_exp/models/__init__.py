@@ -29,6 +29,7 @@ from .zoo import (
     densenet_bc,
     densenet_cifar,
     implementation,
+    implementation_of,
 )
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "densenet264",
     "densenet_bc",
     "densenet_cifar",
+    "implementation_of",
     "load_pretrained",
     "min_input_size",
 ]

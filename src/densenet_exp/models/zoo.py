@@ -13,6 +13,7 @@ from functools import cache
 from typing import Any
 
 from omegaconf import OmegaConf
+from torch import nn
 
 from ..config import Impl, ModelConfig, config_dir
 from ..config import node as config_node
@@ -30,6 +31,12 @@ def implementation(impl: Impl | str) -> type[DenseNet]:
     except ValueError:
         choices = ", ".join(i.value for i in Impl)
         raise ValueError(f"unknown model.impl {impl!r}; valid choices: {choices}") from None
+
+
+def implementation_of(model: nn.Module) -> Impl:
+    """Which implementation ``model`` is: what the start-up line names, so a reader editing
+    ``models/densenet.py`` knows whether that file is what trains."""
+    return Impl.fast if isinstance(model, FastDenseNet) else Impl.plain
 
 
 def _densenet(

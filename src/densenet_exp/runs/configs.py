@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from ..config import config_dir
+from ..metrics import Status
 from ..overrides import override_key, override_value, sweep_record
 from .records import Run
 from .stats import Interval, mean_ci
@@ -29,7 +30,7 @@ class Configuration:
 
     @property
     def ok(self) -> list[Run]:
-        return [r for r in self.runs if r.status == "ok"]
+        return [r for r in self.runs if r.status == Status.ok]
 
     def spread(self, key: str) -> Interval:
         bounds = (0.0, 1.0) if key.endswith("top1") else (0.0, math.inf)

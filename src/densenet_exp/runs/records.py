@@ -18,7 +18,7 @@ import yaml
 
 from .. import val_predictions
 from ..config import NODE_GROUPS
-from ..metrics import HISTORY_FILE, SUMMARY_FILE, SUMMARY_KEYS, RunSummary
+from ..metrics import HISTORY_FILE, SUMMARY_FILE, SUMMARY_KEYS, RunSummary, Status
 from ..overrides import NOT_CONFIGURATION, override_key
 
 # the group choices a run table shows: every node group, and the preset a run was made from
@@ -86,8 +86,10 @@ class Run:
     @property
     def status(self) -> str:
         if self.summary.get("status"):
-            return "ok" if self.summary["status"] == "completed" else str(self.summary["status"])
-        return "running" if self.history or (self.path / "train.log").exists() else "not started"
+            done = self.summary["status"] == Status.completed
+            return Status.ok.value if done else str(self.summary["status"])
+        started = self.history or (self.path / "train.log").exists()
+        return (Status.running if started else Status.not_started).value
 
     def metric(self, key: str) -> Any:
         """A summary value; where ``metrics.json`` lacks it, what ``metrics.jsonl`` says."""
