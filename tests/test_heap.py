@@ -84,7 +84,8 @@ def test_the_engine_hands_the_trimmer_to_the_model_unless_trainer_heap_trim_is_o
     from densenet_exp.distributed import DistContext
     from densenet_exp.engine.build import build
 
-    overrides = [*TINY, "model.memory_efficient=true", f"trainer.heap_trim={heap_trim}"]
+    overrides = [*TINY, "model.impl=fast", "model.memory_efficient=true"]
+    overrides.append(f"trainer.heap_trim={heap_trim}")
     model = build(to_typed(compose_cfg(overrides)), DistContext()).model
     hooks = {m.memory_hook for m in model.modules() if hasattr(m, "memory_hook")}
     if heap_trim:

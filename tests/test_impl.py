@@ -9,7 +9,7 @@ from conftest import TINY, compose_cfg, grad_error
 from omegaconf import OmegaConf
 
 from densenet_exp import train
-from densenet_exp.models import FastDenseNet, build_model
+from densenet_exp.models import FastDenseNet, build_model, densenet121, densenet_bc
 from densenet_exp.models import densenet as plain
 from densenet_exp.models.densenet import DenseNet
 from densenet_exp.precision import Precision
@@ -109,7 +109,12 @@ def test_fast_is_as_accurate_as_plain_at_every_amp_level(level, memory_efficient
 def test_model_impl_chooses_the_class_and_a_typo_fails_at_compose():
     cfg = compose_cfg(["model.impl=plain"])
     assert type(build_model(cfg, num_classes=10)) is DenseNet
-    assert type(build_model(compose_cfg(), num_classes=10)) is FastDenseNet  # the default
+    # the default small model trains plain (fast gains nothing there); the named presets fast
+    assert type(build_model(compose_cfg(), num_classes=10)) is DenseNet
+    for preset in ("densenet121", "densenet_bc100", "densenet40"):
+        assert compose_cfg([f"model={preset}"]).model.impl.value == "fast", preset
+    assert type(densenet121()) is FastDenseNet and type(densenet_bc()) is FastDenseNet
+    assert type(build_model(compose_cfg(["model.impl=fast"]), num_classes=10)) is FastDenseNet
     with pytest.raises(Exception, match="quick"):
         compose_cfg(["model.impl=quick"])
 

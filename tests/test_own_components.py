@@ -95,6 +95,7 @@ def test_your_own_conv_activation_and_norm_train_in_a_sweep_and_show_in_its_summ
             "--config-dir",
             "confs",
             *TINY,
+            "model.impl=fast",  # asked for: the jobs with your modules say they run plain
             "conv=standard,ghost",
             "act=relu,squareplus",
             "norm=batch,rms",

@@ -21,8 +21,8 @@ class Stem(Choice):
 
 
 class Impl(Choice):
-    fast = "fast"  # models/fast: shared BN statistics, recompute-in-backward kernels (default)
-    plain = "plain"  # models/densenet.py: the network as the paper draws it, as written
+    fast = "fast"  # models/fast: shared BN statistics, recompute-in-backward kernels (presets)
+    plain = "plain"  # models/densenet.py: the network as the paper draws it (the default)
 
 
 class ConvType(Choice):

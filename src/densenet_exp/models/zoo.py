@@ -1,8 +1,9 @@
 """The named networks: torchvision's ImageNet DenseNets and the paper's CIFAR ones.
 
-Each only picks constants; the ImageNet ones read theirs from ``conf/model/``, where the command
-line reads them too. ``impl`` chooses the implementation: ``fast`` (``models/fast``, the default)
-or ``plain`` (``models/densenet.py``); both have the same parameters, so
+Each only picks constants; they read theirs (and ``impl``) from the presets of ``conf/model/``,
+where the command line reads them too. ``impl`` chooses the implementation: ``fast``
+(``models/fast``, what the presets say) or ``plain`` (``models/densenet.py``); both have the same
+parameters, so
 ``densenet121().load_state_dict(torchvision.models.densenet121().state_dict())`` works with either.
 """
 
@@ -43,7 +44,7 @@ def _densenet(
     growth_rate: int,
     block_config: Sequence[int],
     num_init_features: int,
-    impl: Impl | str = Impl.fast,
+    impl: Impl | str,
     **kwargs: Any,
 ) -> DenseNet:
     return implementation(impl)(growth_rate, block_config, num_init_features, **kwargs)
@@ -59,6 +60,7 @@ def preset(name: str) -> ModelConfig:
 def _imagenet(name: str, num_classes: int, options: dict[str, Any]) -> DenseNet:
     m = preset(name)
     options.setdefault("stem", m.stem.value)
+    options.setdefault("impl", m.impl)
     return _densenet(
         m.growth_rate,
         tuple(m.block_config),
@@ -94,6 +96,7 @@ def densenet_bc(
     """CIFAR DenseNet-BC: 3 blocks of (depth - 4) / 6 bottleneck layers, 3x3 stem of 2k maps."""
     blocks = cifar_block_config(depth, bottleneck=True, prefix="")
     options.setdefault("stem", "cifar")
+    options.setdefault("impl", preset("densenet_bc100").impl)
     return _densenet(growth_rate, blocks, 2 * growth_rate, num_classes=num_classes, **options)
 
 
@@ -104,5 +107,6 @@ def densenet_cifar(
     stem of 16 maps, transitions that keep every map (Huang et al. 2017, Table 2)."""
     blocks = cifar_block_config(depth, bottleneck=False, prefix="")
     options.setdefault("stem", "cifar")
+    options.setdefault("impl", preset("densenet40").impl)
     options.setdefault("compression", 1.0)
     return _densenet(growth_rate, blocks, 16, num_classes=num_classes, bottleneck=False, **options)
