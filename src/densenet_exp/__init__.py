@@ -62,7 +62,9 @@ def _check_writable(run_dir: Path) -> None:
 
 def _prepare_data_once(data: Any) -> None:
     """Write the embedded data set before ranks start, so they don't all race to build it."""
-    if data.name == "digits":
+    from .config import DataName
+
+    if data.name == DataName.digits:
         from .data.digits import ensure_digits
 
         ensure_digits(data.root)

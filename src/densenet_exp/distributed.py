@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .config import DistConfig, node
+from .config import DeviceName, DistBackend, DistConfig, node
 from .process import threads_for_launched_ranks
 
 log = logging.getLogger(__name__)
@@ -44,12 +44,13 @@ class DistContext:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
+    if name == DeviceName.auto:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
+    if name == DeviceName.cuda and not torch.cuda.is_available():
         raise RuntimeError("trainer.device=cuda but no CUDA GPU is visible; use auto or cpu")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"unknown trainer.device {name!r}; valid choices: auto, cpu, cuda")
+    if name not in (DeviceName.cpu, DeviceName.cuda):
+        valid = ", ".join(m.value for m in DeviceName)
+        raise ValueError(f"unknown trainer.device {name!r}; valid choices: {valid}")
     return torch.device(name)
 
 
@@ -73,9 +74,9 @@ def under_external_launcher() -> bool:
 
 
 def backend_for(device: torch.device, requested: str) -> str:
-    if requested == "auto":
-        return "nccl" if device.type == "cuda" else "gloo"
-    if requested == "nccl" and device.type != "cuda":
+    if requested == DistBackend.auto:
+        return DistBackend.nccl.value if device.type == "cuda" else DistBackend.gloo.value
+    if requested == DistBackend.nccl and device.type != "cuda":
         raise ValueError("dist.backend=nccl needs CUDA; use gloo (or auto) on CPU")
     return requested
 

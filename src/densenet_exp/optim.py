@@ -51,16 +51,16 @@ def lr_factor(
     if step < warmup:
         return (step + 1) / warmup
     epoch = step // max(1, steps_per_epoch)
-    if name == "constant":
+    if name == SchedName.constant:
         return 1.0
-    if name == "step":
+    if name == SchedName.step:
         return gamma ** (epoch // max(1, step_size))
-    if name == "multistep":
+    if name == SchedName.multistep:
         return gamma ** bisect.bisect_right(sorted(milestones), epoch)
     t = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-    if name == "cos":
+    if name == SchedName.cos:
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
-    if name == "poly":
+    if name == SchedName.poly:
         return min_lr_ratio + (1 - min_lr_ratio) * (1 - t) ** power
     choices = ", ".join(m.value for m in SchedName)
     raise ValueError(f"unknown schedule {name!r}; valid choices: {choices}")

@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.transforms import v2
 
+from ..config import Augment
+
 # splitmix64's constants as signed 64-bit integers (torch has no uint64 arithmetic)
 _GOLDEN = 0x9E3779B97F4A7C15 - 2**64
 _MIX1 = 0xBF58476D1CE4E5B9 - 2**64
@@ -119,10 +121,10 @@ class BatchAugment:
         ``index``, as augmented in ``epoch``; ``sizes``: their original (h, w), which
         ``imagenet`` draws its crops in."""
         x = v2.functional.to_dtype(x, torch.float32, scale=True)
-        if self.augment == "light":
+        if self.augment == Augment.light:
             theta = affine_params(uniforms(self.seed, epoch, index, 4), x.shape[-1])
             x = _sample(x, theta, self.image_size, "nearest")
-        elif self.augment == "imagenet":
+        elif self.augment == Augment.imagenet:
             if sizes is None:
                 raise ValueError("augment=imagenet needs the batch's original image sizes")
             u = uniforms(self.seed, epoch, index, 4 * ATTEMPTS + 1)

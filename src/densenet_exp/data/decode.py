@@ -15,6 +15,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms import v2
 
+from ..config import OnBadImage
+
 log = logging.getLogger(__name__)
 
 EXIF_ORIENTATION = 0x0112
@@ -91,7 +93,7 @@ def layout_geometry(
 
 def bad_image(path: str, error: str, on_bad_image: str, warned: set[str] | None = None) -> None:
     """``data.on_bad_image``: raise, or warn (once per path in ``warned``) and go on without it."""
-    if on_bad_image == "error":
+    if on_bad_image == OnBadImage.error:
         raise DataError(f"cannot decode image {path}: {error} (data.on_bad_image=error)")
     if warned is None or path not in warned:
         log.warning("skipping image that fails to decode: %s (%s)", path, error)

@@ -20,6 +20,7 @@ from PIL import Image
 from torch.utils.data import Dataset, default_collate
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from ..config import OnBadImage
 from .decode import DECODE_ERRORS, DataError, load_image
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ def check_images(samples: list[Sample], on_bad_image: str, what: str) -> list[Sa
             with Image.open(path) as img:
                 img.size  # noqa: B018 - header parsed
         except DECODE_ERRORS as e:
-            if on_bad_image == "error":
+            if on_bad_image == OnBadImage.error:
                 raise DataError(f"unreadable image {path}: {e} (data.on_bad_image=error)") from e
             bad.append(path)
             continue
@@ -265,7 +266,7 @@ class ImageFolderDataset(Dataset):
         try:
             image = load_image(path)
         except DECODE_ERRORS as e:
-            if self.on_bad_image == "error":
+            if self.on_bad_image == OnBadImage.error:
                 raise DataError(f"cannot decode image {path}: {e} (data.on_bad_image=error)") from e
             if path not in self._warned:
                 self._warned.add(path)

@@ -31,11 +31,11 @@ def build_transform(
     if not 0.0 < eval_crop_ratio <= 1.0:
         raise ValueError(f"data.eval_crop_ratio must be in (0, 1], got {eval_crop_ratio}")
     resize = round(image_size / eval_crop_ratio)
-    if train and augment == "imagenet":
+    if train and augment == Augment.imagenet:
         geometry = [v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip()]
     else:
         geometry = [v2.Resize(resize, antialias=True), v2.CenterCrop(image_size)]
-        if train and augment == "light":
+        if train and augment == Augment.light:
             # small shifts/rotations/zooms, no flips: safe for digits, text and most objects
             geometry.append(v2.RandomAffine(degrees=10, translate=(0.1, 0.1), scale=(0.9, 1.1)))
     return v2.Compose(

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from ..config import LossName
+
 log = logging.getLogger("densenet_exp")
 
 
@@ -68,13 +70,14 @@ def loss_fn(
 ) -> torch.Tensor:
     logits = logits.float()
     ce = F.cross_entropy(logits, target, reduction="none", label_smoothing=label_smoothing)
-    if kind == "ce":
+    if kind == LossName.ce:
         return ce.mean()
-    if kind == "focal":
+    if kind == LossName.focal:
         # per-sample focal loss (Lin et al. 2017): (1 - p_t)^gamma * CE, p_t from the true class
         log_pt = F.log_softmax(logits, dim=1).gather(1, target[:, None]).squeeze(1)
         return ((1.0 - log_pt.exp()).clamp_min(0.0).pow(gamma) * ce).mean()
-    raise ValueError(f"unknown trainer.loss {kind!r}; valid choices: ce, focal")
+    valid = ", ".join(m.value for m in LossName)
+    raise ValueError(f"unknown trainer.loss {kind!r}; valid choices: {valid}")
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import ActName, ConvType, Stem
 from .architecture import check_options
 from .init import init_weights
 from .layers import ActFactory, NormFactory, act_factory, make_conv, norm_factory
@@ -197,7 +198,7 @@ class DenseNet(nn.Module):
         compression: float = 0.5,
         drop_rate: float = 0.0,
         num_classes: int = 1000,
-        stem: str = "imagenet",
+        stem: str = Stem.imagenet,
         memory_efficient: bool = False,
         act: dict[str, Any] | None = None,
         conv: dict[str, Any] | None = None,
@@ -214,7 +215,7 @@ class DenseNet(nn.Module):
             compression=compression,
             drop_rate=drop_rate,
         )
-        act_cfg = {"name": "relu", **(act or {})}
+        act_cfg = {"name": ActName.relu, **(act or {})}
         make_act, make_norm = act_factory(**act_cfg), norm_factory(**(norm or {}))
         self.stem = stem
         self.memory_efficient = memory_efficient
@@ -229,7 +230,7 @@ class DenseNet(nn.Module):
                 drop_rate=drop_rate,
                 memory_efficient=memory_efficient,
                 act=make_act,
-                conv={"type": "standard", **(conv or {})},
+                conv={"type": ConvType.standard, **(conv or {})},
                 bottleneck=bottleneck,
                 norm=make_norm,
             ),
@@ -238,7 +239,7 @@ class DenseNet(nn.Module):
         self.features.add_module("act5", make_act(num_features, inplace=True))
         self.classifier = nn.Linear(num_features, num_classes)
         self.num_features = num_features
-        init_weights(self, act_name=act_cfg["name"], **{"name": "kaiming", **(init or {})})
+        init_weights(self, act_name=act_cfg["name"], **(init or {}))
 
     def _add_blocks(
         self,
@@ -271,7 +272,7 @@ def _stem(
     stem: str, num_init_features: int, act: ActFactory, norm: NormFactory = nn.BatchNorm2d
 ) -> nn.Sequential:
     """``imagenet``: 7x7/s2 conv, BN, act, 3x3/s2 max-pool; ``cifar``: one 3x3/s1 conv."""
-    if stem == "imagenet":
+    if stem == Stem.imagenet:
         return nn.Sequential(
             OrderedDict(
                 conv0=nn.Conv2d(3, num_init_features, 7, stride=2, padding=3, bias=False),
@@ -280,8 +281,9 @@ def _stem(
                 pool0=nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
             )
         )
-    if stem == "cifar":
+    if stem == Stem.cifar:
         return nn.Sequential(
             OrderedDict(conv0=nn.Conv2d(3, num_init_features, 3, stride=1, padding=1, bias=False))
         )
-    raise ValueError(f"unknown stem {stem!r}; valid choices: imagenet, cifar")
+    valid = ", ".join(s.value for s in Stem)
+    raise ValueError(f"unknown stem {stem!r}; valid choices: {valid}")

@@ -2,40 +2,46 @@
 
 from __future__ import annotations
 
+from enum import Enum
+
 from torch import nn
 
+from ..config import ActName, InitConfig, InitDistribution, InitName
 from .layers import kaiming_gain_name
 
-INITS = ("kaiming", "xavier", "orthogonal", "default")
+INITS = tuple(m.value for m in InitName)
+_DEFAULT = InitConfig()  # the config's defaults are the Python API's too
 
 
 def init_weights(
     model: nn.Module,
-    name: str = "kaiming",
-    mode: str = "fan_in",
-    distribution: str = "normal",
-    act_name: str = "relu",
+    name: str = _DEFAULT.name,
+    mode: str = _DEFAULT.mode,
+    distribution: str = _DEFAULT.distribution,
+    act_name: str = ActName.relu,
 ) -> None:
     """Conv weights by ``name``; BN weight 1 / bias 0; Linear bias 0 (torchvision's scheme).
 
     ``default`` keeps PyTorch's per-layer init for conv and linear weights.
     """
-    if name not in INITS:
-        raise ValueError(f"unknown init {name!r}; valid choices: {', '.join(INITS)}")
-    if distribution not in ("normal", "uniform"):
-        raise ValueError(f"unknown init.distribution {distribution!r}; valid: normal, uniform")
+    name, distribution = (
+        _choice(InitName, name, "init"),
+        _choice(InitDistribution, distribution, "init.distribution"),
+    )
+    mode = str(mode)  # torch's kaiming_* compare it with plain strings
     nonlinearity, slope = kaiming_gain_name(act_name)
     for m in model.modules():
-        if isinstance(m, nn.Conv2d) and name != "default":
-            if name == "kaiming":
+        if isinstance(m, nn.Conv2d) and name != InitName.default:
+            if name == InitName.kaiming:
                 fn = (
                     nn.init.kaiming_normal_
-                    if distribution == "normal"
+                    if distribution == InitDistribution.normal
                     else nn.init.kaiming_uniform_
                 )
                 fn(m.weight, a=slope, mode=mode, nonlinearity=nonlinearity)
-            elif name == "xavier":
-                fn = nn.init.xavier_normal_ if distribution == "normal" else nn.init.xavier_uniform_
+            elif name == InitName.xavier:
+                normal = distribution == InitDistribution.normal
+                fn = nn.init.xavier_normal_ if normal else nn.init.xavier_uniform_
                 fn(m.weight, gain=nn.init.calculate_gain(nonlinearity, slope or None))
             else:
                 nn.init.orthogonal_(
@@ -48,3 +54,11 @@ def init_weights(
             nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
+
+
+def _choice(kind: type[Enum], value: str, key: str) -> Enum:
+    try:
+        return kind(value)
+    except ValueError:
+        valid = ", ".join(m.value for m in kind)
+        raise ValueError(f"unknown {key} {value!r}; valid choices: {valid}") from None

@@ -69,7 +69,7 @@ def custom(kind: str, target: str | None, *args: Any, **params: Any) -> nn.Modul
 def make_conv(
     in_channels: int,
     out_channels: int,
-    type: str = "standard",
+    type: str = ConvType.standard,
     kernel_size: int = 3,
     dilation: int = 1,
     inner_bn: bool = True,
@@ -77,23 +77,23 @@ def make_conv(
     params: dict[str, Any] | None = None,
 ) -> nn.Module:
     """The spatial conv of a dense layer ("same" padding, stride 1)."""
-    if type == "custom":
+    if type == ConvType.custom:
         return custom("conv", _target_, in_channels, out_channels, **(params or {}))
     if kernel_size % 2 == 0:
         raise ValueError(f"conv.kernel_size must be odd for 'same' padding, got {kernel_size}")
-    if type == "standard":
+    if type == ConvType.standard:
         padding = dilation * (kernel_size - 1) // 2
         return nn.Conv2d(
             in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, bias=False
         )
-    if type == "dsconv":
+    if type == ConvType.dsconv:
         return DSConv(in_channels, out_channels, kernel_size, dilation, inner_bn)
     raise ValueError(f"unknown conv type {type!r}; valid choices: {', '.join(CONV_TYPES)}")
 
 
 def make_act(
     channels: int,
-    name: str = "relu",
+    name: str = ActName.relu,
     prelu_init: float = 0.25,
     prelu_per_channel: bool = False,
     inplace: bool = False,
@@ -106,17 +106,17 @@ def make_act(
     input, not its output) and saves one feature map per layer; the smooth activations need their
     input in backward.
     """
-    if name == "relu":
+    if name == ActName.relu:
         return nn.ReLU(inplace=inplace)
-    if name == "swish":
+    if name == ActName.swish:
         return nn.SiLU()
-    if name == "prelu":
+    if name == ActName.prelu:
         return nn.PReLU(num_parameters=channels if prelu_per_channel else 1, init=prelu_init)
-    if name == "gelu":
+    if name == ActName.gelu:
         return nn.GELU()
-    if name == "mish":
+    if name == ActName.mish:
         return nn.Mish()
-    if name == "custom":
+    if name == ActName.custom:
         params = dict(params or {})
         if _target_ and "num_channels" in _signature(_target_):
             params["num_channels"] = channels
@@ -126,7 +126,7 @@ def make_act(
 
 def make_norm(
     channels: int,
-    type: str = "batch",
+    type: str = NormType.batch,
     _target_: str | None = None,
     params: dict[str, Any] | None = None,
 ) -> nn.Module:
@@ -136,9 +136,9 @@ def make_norm(
     takes either (so ``torch.nn.GroupNorm`` works with just ``params.num_groups``), else as the
     first argument.
     """
-    if type == "batch":
+    if type == NormType.batch:
         return nn.BatchNorm2d(channels)
-    if type == "custom":
+    if type == NormType.custom:
         params = dict(params or {})
         names = _signature(_target_) if _target_ else set()
         for key in ("num_channels", "num_features"):
@@ -151,7 +151,7 @@ def make_norm(
 def norm_factory(**norm_cfg: Any) -> NormFactory:
     """Bind the norm config so the network can ask for ``norm(channels)`` at each position."""
     norm_cfg = {k: v for k, v in norm_cfg.items() if k in ("type", "_target_", "params")}
-    if norm_cfg.get("type", "batch") == "batch":
+    if norm_cfg.get("type", NormType.batch) == NormType.batch:
         return nn.BatchNorm2d  # the class itself: the network's modules are plain BatchNorm2d
     return lambda channels: make_norm(channels, **norm_cfg)
 
@@ -184,18 +184,18 @@ def is_custom(
 ) -> list[str]:
     """The user's own classes among the conv, act and norm config, by import path."""
     found = []
-    if conv_cfg.get("type") == "custom":
+    if conv_cfg.get("type") == ConvType.custom:
         found.append(str(conv_cfg.get("_target_")))
-    if act_cfg.get("name") == "custom":
+    if act_cfg.get("name") == ActName.custom:
         found.append(str(act_cfg.get("_target_")))
-    if (norm_cfg or {}).get("type") == "custom":
+    if (norm_cfg or {}).get("type") == NormType.custom:
         found.append(str((norm_cfg or {}).get("_target_")))
     return found
 
 
 def kaiming_gain_name(act_name: str) -> tuple[str, float]:
     """The nonlinearity (and slope) Kaiming init should assume for an activation."""
-    if act_name == "prelu":
+    if act_name == ActName.prelu:
         return "leaky_relu", 0.25
     return "relu", 0.0
 

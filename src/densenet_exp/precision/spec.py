@@ -91,7 +91,7 @@ def resolve_spec(amp_cfg: AmpConfig | Any, device: torch.device) -> PrecisionSpe
 def describe(s: PrecisionSpec) -> str:
     """The level in words, e.g. "O1: bf16 autocast, fp32 weights, no loss scaling"."""
     low = _short(s.dtype)
-    if s.opt_level == "O0":
+    if s.opt_level == OptLevel.O0:
         parts = ["fp32 throughout"]
     elif s.autocast:
         parts = [f"{low} autocast", "fp32 weights"]

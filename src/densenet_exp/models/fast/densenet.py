@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ...config import Stem
 from .. import densenet as plain
 from ..recompute import recomputed
 from .fused import MemoryHook, bn_act_conv, read_bn_act_conv
@@ -244,7 +245,7 @@ class DenseNet(plain.DenseNet):
                 m.memory_hook = hook
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self._imagenet_features(x) if self.stem == "imagenet" else self.features(x)
+        x = self._imagenet_features(x) if self.stem == Stem.imagenet else self.features(x)
         x = nn.functional.adaptive_avg_pool2d(x, 1).flatten(1)
         return self.classifier(x)
 
