@@ -130,7 +130,9 @@ def test_a_corrupt_jpeg_is_skipped_once_or_raises_by_on_bad_image(photos, caplog
 
 def test_decode_gpu_needs_device_augmentation_and_a_gpu(photos, tmp_path):
     with pytest.raises(ConfigError, match=r"augment_on=loader.*valid choices: auto, device"):
-        build_datasets(data_cfg(photos, "data.decode=gpu", "data.augment_on=loader"))
+        check_decode(data_cfg(photos, "data.decode=gpu", "data.augment_on=loader"))
+    with pytest.raises(ConfigError, match=r"augment_on=loader.*valid choices: auto, device"):
+        train(compose_cfg([*TINY, "data.decode=gpu", "data.augment_on=loader"]), tmp_path / "r")
     d = data_cfg(photos, "data.decode=gpu", "data.cache=none")
     check_decode(d)  # fine until the device is known
     with pytest.raises(ConfigError, match=r"trains on cpu; valid choices here: cpu"):

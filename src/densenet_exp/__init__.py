@@ -31,6 +31,7 @@ def train(cfg: Any, run_dir: str | Path | None = None) -> dict[str, Any]:
     """
     from . import distributed as du
     from .config import to_typed
+    from .data import check_decode
     from .engine import run_rank, spawned_rank
     from .models import check_model_config
 
@@ -39,9 +40,11 @@ def train(cfg: Any, run_dir: str | Path | None = None) -> dict[str, Any]:
     if run_dir is None:
         raise ValueError("train(cfg) needs run_dir when called outside a Hydra app")
     run_dir = run_dir.resolve()
-    check_model_config(cfg.model)  # here, so a bad key fails once, before ranks start
+    # the config's cross-key checks, once, where it enters: before any rank starts or data is read
+    check_model_config(cfg.model)
     _check_writable(run_dir)
     device = du.resolve_device(cfg.trainer.device)
+    check_decode(cfg.data, device)
     nproc = du.nproc_per_node(cfg.dist, device)
     if du.under_external_launcher() or (nproc == 1 and cfg.dist.nnodes == 1):
         return run_rank(cfg, str(run_dir))

@@ -118,7 +118,6 @@ def build_datasets(
         ImageFolderDataset(val_s, classes, eval_tf, on_bad, root=root),
         classes,
     )
-    check_decode(d)
     workers = resolve_num_workers(d.num_workers, cores)
     if _cache_wanted(d, len(train_s) + len(val_s), local_ranks):
         _cache(bundle, d, (train_s, val_s), root, seed, workers)

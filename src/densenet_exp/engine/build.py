@@ -13,10 +13,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .. import distributed as du
 from ..config import Config, DataConfig, DataName
-from ..data import DataBundle, DataError, build_datasets, build_loaders, check_decode
+from ..data import DataBundle, DataError, build_datasets, build_loaders
 from ..models import (
     build_model,
-    check_model_config,
     compile_model,
     count_parameters,
     min_input_size,
@@ -73,9 +72,7 @@ def data_config(cfg: Config) -> DataConfig:
 
 def build(cfg: Config, ctx: du.DistContext) -> Components:
     tr, device = cfg.trainer, ctx.device
-    check_model_config(cfg.model)  # a bad architecture key fails before the data is read
-    data_cfg = data_config(cfg)
-    check_decode(data_cfg, device)  # before a cache spends minutes decoding
+    data_cfg = data_config(cfg)  # (train() checked the config before the ranks started)
     cores = cores_per_rank(ctx.local_world_size)
     bundle = build_datasets(data_cfg, tr.seed, local_ranks=ctx.local_world_size, cores=cores)
     model = build_model(cfg, num_classes=len(bundle.classes)).to(device)

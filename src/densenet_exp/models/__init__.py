@@ -93,7 +93,7 @@ def build_model(cfg: Config | Any, num_classes: int | None = None) -> nn.Module:
     n_cls = m.num_classes if m.num_classes is not None else num_classes
     if n_cls is None:
         raise ValueError("model.num_classes is null and no class count came from the data")
-    blocks = check_model_config(m)
+    blocks = resolve_block_config(m.depth, m.block_config, m.bottleneck)  # DenseNet checks the rest
     # the model's Python API takes plain keyword options (enums as strings)
     conv_cfg, act_cfg, norm_cfg = to_plain(cfg.conv), to_plain(cfg.act), to_plain(cfg.norm)
     impl = m.impl
