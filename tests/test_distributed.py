@@ -217,6 +217,16 @@ def test_a_failed_job_is_reported_by_the_first_line_of_the_rank_s_own_error():
         "rank 1 failed: InternalTorchDynamoError: checkpoint not implemented; "
         "then rank 0: RuntimeError: Connection closed by peer"
     )
+    # a rank that gave up because rank 0 could not write the disk cache comes after rank 0,
+    # even when it stopped first
+    waiting = {
+        "message": "DataError: rank 1 cannot read the decoded cache x.u8: rank 0 failed "
+        "to write it (its error is in the log)"
+    }
+    text = du._describe_failures(
+        {1: failure(waiting, timestamp=1), 0: failure({"message": "DataError: bad"}, timestamp=2)}
+    )
+    assert text.startswith("rank 0 failed: DataError: bad; then rank 1: DataError: rank 1 cannot")
     assert du._describe_failures({0: failure("", exitcode=-9)}) == (
         "rank 0 failed: killed by signal 9 (SIGKILL)"
     )

@@ -221,6 +221,9 @@ _KNOCK_ON = (
     "gloo",
     "timed out",
     "Timeout",
+    # the disk cache's waiting ranks when rank 0 could not write it (data/diskcache.py): under
+    # load they can stop before rank 0 has recorded its own error, which is the one to lead
+    "rank 0 failed to write it",
 )
 
 
