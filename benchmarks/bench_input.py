@@ -86,7 +86,6 @@ def loader_rate(cfg) -> tuple[float, float]:
 
     from densenet_exp.config import to_typed
     from densenet_exp.distributed import DistContext, resolve_device
-    from densenet_exp.engine import epoch as ep
     from densenet_exp.engine.build import build
 
     device = resolve_device(str(cfg.trainer.device))
@@ -94,10 +93,8 @@ def loader_rate(cfg) -> tuple[float, float]:
     c = build(to_typed(cfg), DistContext(device=device))
     setup = time.perf_counter() - t
     n, t = 0, time.perf_counter()
-    for batch in c.train_loader:
-        if batch is not None:
-            _, y = ep._to_device(c, batch, device, 0)
-            n += len(y)
+    for batch in c.train.epoch(0):  # to the device and augmented there, as training reads it
+        n += len(batch.y)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return n / (time.perf_counter() - t), setup
@@ -111,16 +108,20 @@ def model_rate(cfg, steps: int) -> float:
     from densenet_exp.distributed import DistContext, resolve_device
     from densenet_exp.engine import epoch as ep
     from densenet_exp.engine.build import build
+    from densenet_exp.engine.helpers import loss_fn
 
     typed = to_typed(cfg)
     device = resolve_device(str(cfg.trainer.device))
     c = build(typed, DistContext(device=device))
-    x, y = ep._to_device(c, next(iter(c.train_loader)), device, 0)
+    batch = next(c.train.epoch(0))
+    x, y, tr = c.precision.cast_input(batch.x), batch.y, typed.trainer
     c.model.train()
 
-    def step() -> None:
-        ep._forward_backward(c, c.model, x, y, typed.trainer)
-        ep._optimizer_step(c, typed.trainer.grad_clip)
+    def step() -> None:  # what train_one_epoch does per step, without the data
+        with c.precision.autocast():
+            loss = loss_fn(c.model(x), y, tr.loss, tr.label_smoothing, tr.focal_gamma)
+        c.precision.backward(loss)
+        ep._optimizer_step(c, tr.grad_clip)
 
     for _ in range(3):
         step()

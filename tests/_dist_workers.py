@@ -82,7 +82,7 @@ def ddp_syncbn_check(rank: int, world: int, out: str) -> None:
 
 def eval_check(rank: int, world: int, out: str) -> None:
     from densenet_exp import val_predictions
-    from densenet_exp.data import Indexed, ShardSampler
+    from densenet_exp.data import DeviceBatches, Indexed, ShardSampler
     from densenet_exp.data.synthetic import SyntheticDataset
     from densenet_exp.engine import evaluate
     from densenet_exp.precision import Precision
@@ -100,9 +100,8 @@ def eval_check(rank: int, world: int, out: str) -> None:
         "loss_scale": None,
         "backend": "native",
     }
-    metrics = evaluate(
-        tiny_model(), loader, Precision(amp, torch.device("cpu")), torch.device("cpu"), False, sink
-    )
+    cpu = torch.device("cpu")
+    metrics = evaluate(tiny_model(), DeviceBatches(loader, cpu), Precision(amp, cpu), False, sink)
     rows = sink.gather()  # rank 0 gets every rank's rows
     if rank == 0:
         torch.save(metrics, f"{out}/eval.pt")

@@ -63,7 +63,7 @@ def test_cleanup_waits_for_the_last_rank_before_leaving_the_group(spawned, tmp_p
 def test_distributed_evaluation_of_an_odd_val_set_equals_single_process(spawned, tmp_path):
     dist_metrics = torch.load(spawned / "eval.pt", weights_only=True)
     from densenet_exp import val_predictions
-    from densenet_exp.data import Indexed
+    from densenet_exp.data import DeviceBatches, Indexed
     from densenet_exp.data.synthetic import SyntheticDataset
     from densenet_exp.engine import evaluate
     from densenet_exp.precision import Precision
@@ -72,14 +72,8 @@ def test_distributed_evaluation_of_an_odd_val_set_equals_single_process(spawned,
     loader = torch.utils.data.DataLoader(Indexed(ds), batch_size=4)
     amp = OmegaConf.to_container(compose_cfg().amp, enum_to_str=True)
     sink = val_predictions.PredictionSink()
-    single = evaluate(
-        w.tiny_model(),
-        loader,
-        Precision(amp, torch.device("cpu")),
-        torch.device("cpu"),
-        False,
-        sink,
-    )
+    cpu = torch.device("cpu")
+    single = evaluate(w.tiny_model(), DeviceBatches(loader, cpu), Precision(amp, cpu), False, sink)
     single_file = tmp_path / "single.csv"
     val_predictions.write(single_file, sink.gather(), val_predictions.image_names(ds), ds.classes)
     # per-image predictions: the same file, byte for byte, from 1 rank and from 2

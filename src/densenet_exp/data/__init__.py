@@ -26,6 +26,7 @@ from ..config import node as config_node
 from ..process import loader_start_method, loader_worker_init
 from . import cache, decode, diskcache
 from .augment import BatchAugment, normalize_batch
+from .batches import Batch, DeviceBatches, device_batches
 from .cache import DecodedSplit
 from .decode import DataError, load_image
 from .digits import ensure_digits
@@ -44,14 +45,17 @@ from .transforms import build_transform
 log = logging.getLogger("densenet_exp")
 
 __all__ = [
+    "Batch",
     "DataBundle",
     "DataError",
+    "DeviceBatches",
     "Indexed",
     "ResumableSampler",
     "ShardSampler",
     "build_datasets",
     "build_loaders",
     "check_decode",
+    "device_batches",
     "eval_transform_settings",
     "load_image",
     "resolve_num_workers",

@@ -13,7 +13,14 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .. import distributed as du
 from ..config import Config, DataConfig, DataName
-from ..data import DataBundle, DataError, build_datasets, build_loaders
+from ..data import (
+    DataBundle,
+    DataError,
+    DeviceBatches,
+    build_datasets,
+    build_loaders,
+    device_batches,
+)
 from ..models import (
     build_model,
     compile_model,
@@ -39,9 +46,8 @@ class Components:
     scheduler: Any
     precision: Precision
     ema: Any  # torch.optim.swa_utils.AveragedModel, or None
-    train_loader: torch.utils.data.DataLoader
-    val_loader: torch.utils.data.DataLoader
-    sampler: Any  # the train loader's ResumableSampler
+    train: DeviceBatches  # the splits as device-ready batches, epoch by epoch
+    val: DeviceBatches
     accum: int
     steps_per_epoch: int
     n_params: int
@@ -87,20 +93,13 @@ def build(cfg: Config, ctx: du.DistContext) -> Components:
     optimizer = build_optimizer(model, cfg.optim)
     precision = Precision(cfg.amp, device)
     precision.prepare(model, optimizer)
-    train_loader, val_loader, sampler = build_loaders(
-        bundle,
-        data_cfg,
-        ctx.rank,
-        ctx.world_size,
-        tr.seed,
-        device,
-        cores=cores,
-    )
+    loaders = build_loaders(bundle, data_cfg, ctx.rank, ctx.world_size, tr.seed, device, cores)
+    train, val = device_batches(bundle, loaders, data_cfg.batch_size, device)
     accum = max(1, tr.grad_accum)
-    steps_per_epoch = len(train_loader) // accum
+    steps_per_epoch = len(train) // accum
     if steps_per_epoch < 1:
         raise DataError(
-            f"one epoch has {len(train_loader)} batch(es), fewer than trainer.grad_accum={accum}"
+            f"one epoch has {len(train)} batch(es), fewer than trainer.grad_accum={accum}"
         )
     total_steps = tr.epochs * steps_per_epoch
     if tr.max_steps is not None:
@@ -119,9 +118,8 @@ def build(cfg: Config, ctx: du.DistContext) -> Components:
         scheduler,
         precision,
         ema,
-        train_loader,
-        val_loader,
-        sampler,
+        train,
+        val,
         accum,
         steps_per_epoch,
         count_parameters(model),

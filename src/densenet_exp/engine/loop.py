@@ -10,45 +10,32 @@ from .. import distributed as du
 from ..config import Config
 from ..metrics import EpochRow, RunSummary, Status
 from ..val_predictions import PredictionSink
-from .build import Components, build, wrap
 from .epoch import EpochResult, train_one_epoch
 from .evaluate import evaluate
-from .guards import LossGuard, StopSignal
+from .guards import StopSignal
 from .helpers import peak_memory_mb, seed_everything
-from .record import RunLog
-from .state import Checkpointer, TrainState, restore
+from .trainer import Trainer
 
 
 def fit(cfg: Config, run_dir: Path, ctx: du.DistContext) -> dict[str, Any]:
     """Train and evaluate for ``trainer.epochs``; returns the summary written to metrics.json."""
     with StopSignal() as stop_signal:  # from the start: a preempted set-up stops cleanly too
-        t_start = time.perf_counter()
-        tr = cfg.trainer
-        seed_everything(tr.seed + ctx.rank, tr.deterministic)
-        c = build(cfg, ctx)
-        st = restore(c, cfg, run_dir, ctx)
-        ddp_model, train_model = wrap(c, cfg, ctx, st.rank_buffers)
-        record = RunLog(run_dir, ctx, cfg, c)
-        saver = Checkpointer(c, cfg, ctx, run_dir / "checkpoints")
-        guards = (LossGuard(tr.max_nonfinite_steps, saver.dir), stop_signal)
-        epochs, eval_every = tr.epochs, max(1, tr.eval_every)
-        images, train_time, last_eval = 0, 0.0, {}
+        seed_everything(cfg.trainer.seed + ctx.rank, cfg.trainer.deterministic)
+        t = Trainer(cfg, run_dir, ctx, stop_signal)
+        c, st, epochs = t.c, t.st, cfg.trainer.epochs
+        eval_every = max(1, cfg.trainer.eval_every)
+        last_eval: dict[str, Any] = {}
         epoch = st.epoch - 1
         for epoch in range(st.epoch, epochs):
             t_epoch = time.perf_counter()
-            models = (ddp_model, train_model)
-            result = train_one_epoch(c, models, st, epoch, cfg, ctx, guards, saver, record)
-            train_time += time.perf_counter() - t_epoch
-            images += result.images
+            result = train_one_epoch(t, epoch)
+            t.train_time += time.perf_counter() - t_epoch
+            t.images += result.images
             if (epoch + 1) % eval_every == 0 or result.reached_max_steps or epoch == epochs - 1:
-                if not cfg.sync_bn:
-                    du.average_buffers(c.model)  # rank 0's running stats become the global ones
-                eval_model = c.ema.module if c.ema is not None else ddp_model
-                speed = images * ctx.world_size / max(train_time, 1e-9)
-                last_eval = validate(c, eval_model, st, epoch, result, ctx, record, speed, t_start)
+                last_eval = validate(t, epoch, result)
                 if last_eval["best"]:
-                    saver.save(st, epoch + 1, 0, "best.pt")
-            saver.save(st, epoch + 1, 0, "last.pt")
+                    t.saver.save(st, epoch + 1, 0, "best.pt")
+            t.saver.save(st, epoch + 1, 0, "last.pt")
             if result.reached_max_steps:
                 break
     summary = RunSummary(
@@ -61,38 +48,24 @@ def fit(cfg: Config, run_dir: Path, ctx: du.DistContext) -> dict[str, Any]:
         steps=st.global_step,
         params=c.n_params,
         macs_per_image=c.macs,
-        img_per_s=images * ctx.world_size / max(train_time, 1e-9),
+        img_per_s=t.img_per_s,
         peak_mem_mb=peak_memory_mb(ctx.device),
-        wall_s=time.perf_counter() - t_start,
+        wall_s=time.perf_counter() - t.t_start,
         world_size=ctx.world_size,
         skipped_steps=c.precision.skipped_steps,
     ).to_dict()
-    record.close(summary)
+    t.record.close(summary)
     return summary
 
 
-def validate(
-    c: Components,
-    model: Any,
-    st: TrainState,
-    epoch: int,
-    result: EpochResult,
-    ctx: du.DistContext,
-    record: RunLog,
-    img_per_s: float,
-    t_start: float,
-) -> dict[str, Any]:
+def validate(t: Trainer, epoch: int, result: EpochResult) -> dict[str, Any]:
     """Evaluate, keep the best, and record the evaluation (every rank; rank 0 writes)."""
+    c, st, ctx = t.c, t.st, t.ctx
+    if not t.cfg.sync_bn:
+        du.average_buffers(c.model)  # rank 0's running stats become the global ones
+    model = c.ema.module if c.ema is not None else t.ddp_model
     sink = PredictionSink()
-    metrics = evaluate(
-        model,
-        c.val_loader,
-        c.precision,
-        ctx.device,
-        c.channels_last,
-        sink,
-        prepare=c.bundle.eval_on_device,
-    )
+    metrics = evaluate(model, c.val, c.precision, c.channels_last, sink)
     best = metrics["val_top1"] > st.best_top1
     if best:
         st.best_top1, st.best_epoch = metrics["val_top1"], epoch
@@ -104,10 +77,10 @@ def validate(
         train_loss=train_loss,
         **metrics,
         lr=c.optimizer.param_groups[0]["lr"],
-        img_per_s=img_per_s,
+        img_per_s=t.img_per_s,
         peak_mem_mb=peak_memory_mb(ctx.device),
-        time_s=time.perf_counter() - t_start,
+        time_s=time.perf_counter() - t.t_start,
         skipped_steps=c.precision.skipped_steps,
     )
-    record.evaluation(row, best, sink.gather())
+    t.record.evaluation(row, best, sink.gather())
     return {**metrics, "best": best}

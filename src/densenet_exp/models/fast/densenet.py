@@ -208,6 +208,10 @@ class _Transition(plain._Transition):
         return self.pool(out) if pool is None else out
 
 
+# the ImageNet stem's modules in ``features``, run above as one fused step
+IMAGENET_STEM = ("conv0", "norm0", "act0", "pool0")
+
+
 class DenseNet(plain.DenseNet):
     """The same network as ``models.densenet.DenseNet`` (same arguments and parameters), faster."""
 
@@ -269,8 +273,9 @@ class DenseNet(plain.DenseNet):
             x = f.pool0(f.act0(f.norm0(f.conv0(x))))
         if back:
             x = x.contiguous()
-        for module in list(f.children())[4:]:
-            x = module(x)
+        for name, module in f.named_children():
+            if name not in IMAGENET_STEM:  # the blocks, transitions and final norm and act
+                x = module(x)
         return x
 
     def _lean_stem(self) -> bool:

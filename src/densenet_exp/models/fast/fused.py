@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .slicing import _accumulate, _batch_slices, _conv_backward, _memory_format, _rows
-from .stats import _act_conv, _affine, _avg_pool, _momentum, affine_act, cat_channels, fusable
+from .slicing import accumulate, batch_rows, batch_slices, conv_backward, memory_format_of
+from .stats import act_conv, affine_act, avg_pool, bn_momentum, cat_channels, fusable, unit_affine
 
 # Called with the device where a memory-efficient step has just freed its transients (forward
 # and backward); whoever trains hands one in (the engine: the CPU heap trimmer, ``heap.py``).
@@ -31,17 +31,18 @@ class _BNActConv(torch.autograd.Function):
         if unit is not None:  # inputs already normalised; running stats are the caller's
             unit = (unit[0][:c], unit[1][:c])
             # per sample: in batch slices, like the backward (see SLICE_ELEMENTS)
-            outs = [
-                _act_conv(_affine(cat_channels([_rows(t, sl) for t in inputs]), bn_w, bn_b, unit),
-                          act, conv, pool, conv_w)
-                for sl in _batch_slices(inputs)
-            ]  # fmt: skip
+
+            def slice_out(sl: slice) -> Tensor:  # one slice's concatenation lives at a time
+                x = cat_channels([batch_rows(t, sl) for t in inputs])
+                return act_conv(unit_affine(x, bn_w, bn_b, unit), act, conv, pool, conv_w)
+
+            outs = [slice_out(sl) for sl in batch_slices(inputs)]
             out = torch.cat(outs) if len(outs) > 1 else outs[0]
         else:
-            m = _momentum(bn)
+            m = bn_momentum(bn)
             x = cat_channels(inputs)
             z = F.batch_norm(x, bn.running_mean, bn.running_var, bn_w, bn_b, True, m, bn.eps)
-            out = _act_conv(z, act, conv, pool, conv_w)
+            out = act_conv(z, act, conv, pool, conv_w)
         device = inputs[0].device.type
         ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
         ctx.modules, ctx.n, ctx.unit, ctx.hook = (bn, act, conv, pool), n, unit, hook
@@ -68,21 +69,23 @@ def _relu_backward(ctx, grad_out, inputs, bn_w, bn_b, conv_w) -> tuple:
     if ctx.unit is None:
         return _relu_backward_batch_stats(ctx, grad_out, inputs, bn_w, bn_b, conv_w)
     _, _, conv, pool = ctx.modules
-    slices = _batch_slices(inputs)
+    slices = batch_slices(inputs)
     want_x = inputs[0].requires_grad
     mask = [False, bn_w.requires_grad, bn_b.requires_grad]
     grad_x, sums = None, [None, None, None]  # dL/d(bn_w, bn_b, conv_w), accumulated in fp32
     with torch.no_grad():
         for sl in slices:
-            x = cat_channels([_rows(t, sl) for t in inputs])
-            z = _affine(x, bn_w, bn_b, ctx.unit).relu_()
-            grad_z, grad_conv_w = _relu_conv_backward(conv, pool, _rows(grad_out, sl), z, conv_w)
+            x = cat_channels([batch_rows(t, sl) for t in inputs])
+            z = unit_affine(x, bn_w, bn_b, ctx.unit).relu_()
+            grad_z, grad_conv_w = _relu_conv_backward(
+                conv, pool, batch_rows(grad_out, sl), z, conv_w
+            )
             del z
             _, grad_w, grad_b = torch.ops.aten.native_batch_norm_backward(
                 grad_z, x, bn_w, *ctx.unit, None, None, False, 0.0, mask
             )
             del x
-            sums = [_accumulate(t, g) for t, g in zip(sums, (grad_w, grad_b, grad_conv_w))]
+            sums = [accumulate(t, g) for t, g in zip(sums, (grad_w, grad_b, grad_conv_w))]
             if not want_x:
                 continue
             w = bn_w.view(1, -1, 1, 1)
@@ -91,7 +94,7 @@ def _relu_backward(ctx, grad_out, inputs, bn_w, bn_b, conv_w) -> tuple:
             else:
                 if grad_x is None:
                     shape = (inputs[0].shape[0], *grad_z.shape[1:])
-                    fmt = _memory_format(grad_z)
+                    fmt = memory_format_of(grad_z)
                     grad_x = torch.empty(
                         shape, dtype=grad_z.dtype, device=grad_z.device, memory_format=fmt
                     )
@@ -107,9 +110,9 @@ def _relu_conv_backward(conv, pool, grad_out: Tensor, z: Tensor, conv_w: Tensor)
     """dL/dz (not yet through the ReLU) and dL/dw of ``conv(pool(z))`` for ReLU'd ``z``;
     dL/dz is then taken through the ReLU in place."""
     if pool is None:
-        grad_z, grad_conv_w = _conv_backward(conv, grad_out, z, conv_w)
+        grad_z, grad_conv_w = conv_backward(conv, grad_out, z, conv_w)
     else:
-        grad_p, grad_conv_w = _conv_backward(conv, grad_out, _avg_pool(z, pool), conv_w)
+        grad_p, grad_conv_w = conv_backward(conv, grad_out, avg_pool(z, pool), conv_w)
         # the pool's backward only reads z's shape and dtype (the cast is a no-op unless the
         # conv ran in another dtype than the activations)
         grad_z = torch.ops.aten.avg_pool2d_backward(
@@ -158,13 +161,13 @@ def _autograd_backward(ctx, grad_out, inputs, bn_w, bn_b, conv_w) -> tuple:
         x = cat_channels(xs)
         # batch statistics again unless shared; running stats were updated once, in forward
         if ctx.unit is not None:
-            z = _affine(x, w, b, ctx.unit)
+            z = unit_affine(x, w, b, ctx.unit)
         else:
             z = F.batch_norm(x, None, None, w, b, True, 0.0, bn.eps)
         y = act(z)
         if pool is not None:
-            y = _avg_pool(y, pool)
-    grad_y, grad_conv_w = _conv_backward(conv, grad_out, y.detach(), conv_w)
+            y = avg_pool(y, pool)
+    grad_y, grad_conv_w = conv_backward(conv, grad_out, y.detach(), conv_w)
     act_params = [p for p in act.parameters() if p.requires_grad]
     wanted = [t for t in (*xs, w, b) if t.requires_grad] + act_params
     grads = iter(torch.autograd.grad(y, wanted, grad_y.to(y.dtype)))

@@ -24,7 +24,7 @@ SLICE_ELEMENTS = 2 * 2**20
 _WHOLE = slice(None)
 
 
-def _batch_slices(inputs: Sequence[Tensor]) -> list[slice]:
+def batch_slices(inputs: Sequence[Tensor]) -> list[slice]:
     """The batch slices to run in; ``[_WHOLE]`` for the whole batch at once."""
     n = inputs[0].shape[0]
     if inputs[0].is_cuda or torch.compiler.is_compiling():
@@ -38,19 +38,19 @@ def _batch_slices(inputs: Sequence[Tensor]) -> list[slice]:
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
 
-def _rows(t: Tensor, sl: slice) -> Tensor:
+def batch_rows(t: Tensor, sl: slice) -> Tensor:
     # the whole batch as it is: no view op per input per layer on the unsliced (CUDA) path
     return t if sl is _WHOLE else t[sl]
 
 
-def _accumulate(total: Tensor | None, g: Tensor | None) -> Tensor | None:
+def accumulate(total: Tensor | None, g: Tensor | None) -> Tensor | None:
     """A weight gradient summed over batch slices, in fp32."""
     if g is None:
         return total
     return g.float() if total is None else total.add_(g)
 
 
-def _conv_backward(
+def conv_backward(
     conv: nn.Conv2d, grad_out: Tensor, y: Tensor, conv_w: Tensor, input_grad: bool = True
 ):
     """dL/dy and dL/dw of ``conv(y)``, in grad_out's dtype (what autocast ran the conv in)."""
@@ -71,6 +71,6 @@ def _conv_backward(
     return grad_y, grad_w.to(conv_w.dtype) if grad_w is not None else None
 
 
-def _memory_format(t: Tensor) -> torch.memory_format:
+def memory_format_of(t: Tensor) -> torch.memory_format:
     cl = t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last)
     return torch.channels_last if cl and not t.is_contiguous() else torch.contiguous_format

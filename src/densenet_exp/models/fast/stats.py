@@ -34,7 +34,7 @@ def shareable(bn: nn.Module) -> bool:
     return type(bn) is nn.BatchNorm2d and bn.affine and bn.track_running_stats
 
 
-def _plain_conv(conv: nn.Module) -> bool:
+def plain_conv(conv: nn.Module) -> bool:
     """A bias-free, zero-padded Conv2d: what the hand-written backward passes compute."""
     return (
         type(conv) is nn.Conv2d
@@ -46,7 +46,7 @@ def _plain_conv(conv: nn.Module) -> bool:
 
 def fusable(bn: nn.Module, conv: nn.Module) -> bool:
     """Plain BatchNorm2d followed by a bias-free, zero-padded Conv2d."""
-    return shareable(bn) and _plain_conv(conv)
+    return shareable(bn) and plain_conv(conv)
 
 
 class _Normalize(torch.autograd.Function):
@@ -103,7 +103,7 @@ def unbiased_var(invstd: Tensor, eps: float, n: int) -> Tensor:
     return (invstd.float().pow(-2) - eps).clamp_min_(0) * (n / max(n - 1, 1))
 
 
-def _affine(x_hat: Tensor, w: Tensor, b: Tensor, unit: tuple[Tensor, Tensor]) -> Tensor:
+def unit_affine(x_hat: Tensor, w: Tensor, b: Tensor, unit: tuple[Tensor, Tensor]) -> Tensor:
     # eval-mode BN with mean 0, var 1, eps 0 is exactly x_hat * w + b, in one fused kernel both
     # ways (its backward gives dx_hat = dy * w and the weight and bias sums in one pass)
     return F.batch_norm(x_hat, unit[0], unit[1], w, b, False, 0.0, 0.0)
@@ -120,10 +120,10 @@ def affine_act(
     """``act(bn(cat(x)))`` in training mode, given the already normalised parts of ``x``."""
     x = cat_channels(x_hats)
     c = x.shape[1]
-    return act(_affine(x, bn.weight, bn.bias, (unit[0][:c], unit[1][:c])))
+    return act(unit_affine(x, bn.weight, bn.bias, (unit[0][:c], unit[1][:c])))
 
 
-def _momentum(bn: nn.BatchNorm2d) -> float:
+def bn_momentum(bn: nn.BatchNorm2d) -> float:
     """The factor BN moves its running statistics by (None: cumulative average)."""
     return bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
 
@@ -140,7 +140,7 @@ def update_running_stats(readers: Sequence[nn.BatchNorm2d], mean: Tensor, var: T
         torch._foreach_add_([bn.num_batches_tracked for bn in readers], 1)
         groups: dict[float, list[nn.BatchNorm2d]] = {}
         for bn in readers:
-            groups.setdefault(_momentum(bn), []).append(bn)
+            groups.setdefault(bn_momentum(bn), []).append(bn)
         for m, bns in groups.items():
             c = [bn.num_features for bn in bns]
             dt = bns[0].running_mean.dtype
@@ -166,12 +166,12 @@ def pool_commutes(conv: nn.Module, pool: nn.Module) -> bool:
     )
 
 
-def _avg_pool(y: Tensor, pool: nn.AvgPool2d) -> Tensor:
+def avg_pool(y: Tensor, pool: nn.AvgPool2d) -> Tensor:
     return F.avg_pool2d(y, pool.kernel_size, pool.stride, 0, pool.ceil_mode, pool.count_include_pad)
 
 
-def _act_conv(z: Tensor, act: nn.Module, conv: nn.Conv2d, pool: nn.AvgPool2d | None, w: Tensor):
+def act_conv(z: Tensor, act: nn.Module, conv: nn.Conv2d, pool: nn.AvgPool2d | None, w: Tensor):
     y = act(z)
     if pool is not None:
-        y = _avg_pool(y, pool)
+        y = avg_pool(y, pool)
     return F.conv2d(y, w, None, conv.stride, conv.padding, conv.dilation, conv.groups)

@@ -8,8 +8,8 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from .fused import MemoryHook
-from .slicing import _accumulate, _batch_slices, _conv_backward, _rows
-from .stats import _momentum, _plain_conv
+from .slicing import accumulate, batch_rows, batch_slices, conv_backward
+from .stats import bn_momentum, plain_conv
 
 
 class _InputConv(torch.autograd.Function):
@@ -30,9 +30,11 @@ class _InputConv(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):
         x, w = ctx.saved_tensors
         grad_w = None
-        for sl in _batch_slices([grad_out]):
-            _, g = _conv_backward(ctx.conv, _rows(grad_out, sl), _rows(x, sl), w, input_grad=False)
-            grad_w = _accumulate(grad_w, g)
+        for sl in batch_slices([grad_out]):
+            _, g = conv_backward(
+                ctx.conv, batch_rows(grad_out, sl), batch_rows(x, sl), w, input_grad=False
+            )
+            grad_w = accumulate(grad_w, g)
         if ctx.hook is not None:
             ctx.hook(grad_out.device)
         return None, None, None, grad_w.to(w.dtype)
@@ -40,7 +42,7 @@ class _InputConv(torch.autograd.Function):
 
 def input_conv(x: Tensor, conv: nn.Module, hook: MemoryHook | None = None) -> Tensor:
     """``conv(x)`` for an ``x`` that needs no gradient (see ``_InputConv``)."""
-    if not _plain_conv(conv) or x.requires_grad or not conv.weight.requires_grad:
+    if not plain_conv(conv) or x.requires_grad or not conv.weight.requires_grad:
         return conv(x)
     return _InputConv.apply(conv, hook, x, conv.weight)
 
@@ -55,7 +57,7 @@ class _BNActPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, bn: nn.BatchNorm2d, act: nn.Module, pool: nn.MaxPool2d, x: Tensor, *params):
         w, b = params[:2]
-        m = _momentum(bn)
+        m = bn_momentum(bn)
         z = F.batch_norm(x, bn.running_mean, bn.running_var, w, b, True, m, bn.eps)
         out = _max_pool(act(z), pool)
         ctx.modules = (bn, act, pool)

@@ -1,0 +1,44 @@
+"""What one rank's training loop shares, in one object: built once at the start of ``fit``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .. import distributed as du
+from ..config import Config
+from .build import build, wrap
+from .guards import LossGuard, StopSignal
+from .record import RunLog
+from .state import Checkpointer, restore
+
+
+class Trainer:
+    """The components (``c``), the training state (``st``), the model as DDP wraps it and as
+    forward runs it (compiled or not), and the run's hooks: its record, checkpoints and guards."""
+
+    def __init__(
+        self, cfg: Config, run_dir: Path, ctx: du.DistContext, stop_signal: StopSignal
+    ) -> None:
+        self.t_start = time.perf_counter()
+        self.cfg, self.tr, self.ctx, self.stop_signal = cfg, cfg.trainer, ctx, stop_signal
+        self.c = build(cfg, ctx)
+        self.st = restore(self.c, cfg, run_dir, ctx)
+        self.ddp_model, self.train_model = wrap(self.c, cfg, ctx, self.st.rank_buffers)
+        self.record = RunLog(run_dir, ctx, cfg, self.c)
+        self.saver = Checkpointer(self.c, cfg, ctx, run_dir / "checkpoints")
+        self.guard = LossGuard(self.tr.max_nonfinite_steps, self.saver.dir)
+        self.images, self.train_time = 0, 0.0  # this rank's training images and seconds so far
+
+    def model_input(self, x: Tensor) -> Tensor:
+        """A device-ready batch in the precision and memory format the model runs in."""
+        x = self.c.precision.cast_input(x)
+        return x.contiguous(memory_format=torch.channels_last) if self.c.channels_last else x
+
+    @property
+    def img_per_s(self) -> float:
+        """Training images per second so far, all ranks."""
+        return self.images * self.ctx.world_size / max(self.train_time, 1e-9)
