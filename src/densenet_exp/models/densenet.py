@@ -25,7 +25,7 @@ from ..config import ActName, ConvType, Stem
 from .architecture import check_options
 from .init import init_weights
 from .layers import ActFactory, NormFactory, act_factory, make_conv, norm_factory
-from .recompute import recomputed
+from .recompute import recomputed, recomputes
 
 
 def as_list(inputs: Tensor | Sequence[Tensor]) -> list[Tensor]:
@@ -63,7 +63,7 @@ class _DenseLayer(nn.Module):
 
     def forward(self, inputs: Tensor | Sequence[Tensor]) -> Tensor:
         features = as_list(inputs)
-        if self.memory_efficient and self.training and torch.is_grad_enabled():
+        if recomputes(self):
             h = recomputed(self, self.bottleneck, *features)  # keeps bn_size*k maps, not the concat
         else:
             h = self.bottleneck(*features)
@@ -101,7 +101,7 @@ class _BasicDenseLayer(nn.Module):
 
     def forward(self, inputs: Tensor | Sequence[Tensor]) -> Tensor:
         features = as_list(inputs)
-        if self.memory_efficient and self.training and torch.is_grad_enabled():
+        if recomputes(self):
             new = recomputed(self, self.composite, *features)
         else:
             new = self.composite(*features)

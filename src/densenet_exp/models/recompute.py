@@ -10,6 +10,16 @@ import torch.utils.checkpoint as cp
 from torch import Tensor, nn
 
 
+def recomputes(module: nn.Module) -> bool:
+    """Whether ``module`` trades compute for memory now: it is memory-efficient, training, and a
+    backward will follow (the one test every memory-efficient layer and stem asks)."""
+    return (
+        bool(getattr(module, "memory_efficient", False))
+        and module.training
+        and (torch.is_grad_enabled())
+    )
+
+
 @contextlib.contextmanager
 def frozen_bn_stats(module: nn.Module) -> Iterator[None]:
     """Recomputation in backward must not update BN running stats a second time.

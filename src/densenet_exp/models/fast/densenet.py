@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ...config import Stem
 from .. import densenet as plain
-from ..recompute import recomputed
+from ..recompute import recomputed, recomputes
 from .fused import MemoryHook, bn_act_conv, read_bn_act_conv
 from .stats import (
     cat_channels,
@@ -97,7 +97,7 @@ class _DenseLayer(plain._DenseLayer):
     memory_hook: MemoryHook | None = None  # DenseNet.set_memory_hook
 
     def forward(self, inputs: Tensor | Sequence[Tensor] | DenseFeatures) -> Tensor:
-        lean = self.memory_efficient and self.training and torch.is_grad_enabled()
+        lean = recomputes(self)
         out = self._features(inputs, lean)
         if self.drop_rate > 0:
             out = nn.functional.dropout(out, p=self.drop_rate, training=self.training)
@@ -189,7 +189,7 @@ class _Transition(plain._Transition):
         self.memory_efficient = memory_efficient  # DenseNet sets the network's
 
     def forward(self, x: Tensor | DenseFeatures) -> Tensor:  # type: ignore[override]
-        lean = self.memory_efficient and self.training and torch.is_grad_enabled()
+        lean = recomputes(self)
         pool = self.pool if pool_commutes(self.conv, self.pool) else None
         if isinstance(x, DenseFeatures) and x.readable_by(self.norm):
             update_running_stats([self.norm], *x.stats())
@@ -281,9 +281,7 @@ class DenseNet(plain.DenseNet):
     def _lean_stem(self) -> bool:
         f = self.features
         return (
-            self.memory_efficient
-            and self.training
-            and torch.is_grad_enabled()
+            recomputes(self)
             and shareable(f.norm0)
             and f.norm0.training
             and type(f.pool0) is nn.MaxPool2d
