@@ -25,6 +25,9 @@ import hashlib
 import json
 import logging
 import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +46,8 @@ FORMAT_VERSION = 2  # bump when the layout of the files or of the pixels in them
 FOLDER_NAME = ".densenet_exp_cache"
 # how long the other ranks wait for rank 0's decode (the process group's own timeout is minutes)
 WAIT_FOR_WRITER = datetime.timedelta(days=2)
+# how long the other ranks wait, after rank 0 failed to write the cache, before failing themselves
+KNOCK_ON_GRACE_S = 30.0
 
 
 def cache_folder(cache_dir: str | None, root: str | Path) -> Path:
@@ -79,16 +84,16 @@ def disk_split(split: StreamedSplit, folder: Path, name: str, workers: int = 0) 
     # all ranks join the group now, before rank 0 decodes: joining it later would wait for
     # rank 0 under the training group's short timeout
     group = _waiting_group()
-    decoded = None
+    decoded, written = None, False
     try:
         if writer and (decoded := _read(stem, split)) is None:
             _write(split, stem, workers)
         elif writer:
             log.info("data.cache=disk: %s read from %s.u8 (files, settings unchanged)", name, stem)
+        written = True
     finally:  # rank 0's error too releases the others, who then fail to read and say so
-        if group is not None:
-            dist.barrier(group=group)
-            dist.destroy_process_group(group)
+        if group is not None and not _released(group, written) and not writer:
+            _outlive_rank_0()
     if decoded is None:  # written just now, or by rank 0
         decoded = _read(stem, split)
     if decoded is None:
@@ -99,6 +104,31 @@ def disk_split(split: StreamedSplit, folder: Path, name: str, workers: int = 0) 
             "use data.cache=ram)"
         )
     return decoded
+
+
+def _outlive_rank_0() -> None:
+    """Rank 0 failed to write the cache: give it the time to record its own error and end the
+    job, so that the job's report leads with that error and not with this rank's knock-on (the
+    launcher reports the first rank to stop, and under load this one could be first). The
+    launcher ends this rank with SIGTERM, which the training's stop handler would otherwise
+    defer to a step that never comes, so SIGTERM ends it at once while it waits. Where nothing
+    ends the job for it (another machine's launcher), it stops after the wait, saying why."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL) if main else None
+    try:
+        time.sleep(KNOCK_ON_GRACE_S)
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _released(group: dist.ProcessGroup, written: bool) -> bool:
+    """Every rank learns from rank 0 whether it wrote the cache (the others wait here until it
+    is done); the group is left afterwards."""
+    flag = torch.tensor([int(written)])
+    dist.broadcast(flag, src=0, group=group)
+    dist.destroy_process_group(group)
+    return bool(flag.item())
 
 
 def _waiting_group() -> dist.ProcessGroup | None:
