@@ -186,9 +186,6 @@ class DenseNet(nn.Module):
         norm: normalisation config (``type``: ``batch``, or ``custom``: ``_target_``, ``params``).
     """
 
-    block_type: type[_DenseBlock] = _DenseBlock
-    transition_type: type[nn.Module] = _Transition
-
     def __init__(
         self,
         growth_rate: int = 32,
@@ -250,17 +247,27 @@ class DenseNet(nn.Module):
     ) -> int:
         """Dense blocks with a transition between each two; returns the last block's width."""
         for i, num_layers in enumerate(block_config):
-            block = self.block_type(num_layers, num_features, **layer_options)
+            last = i == len(block_config) - 1
+            block = self._block(num_layers, num_features, layer_options, last)
             self.features.add_module(f"denseblock{i + 1}", block)
             num_features += num_layers * layer_options["growth_rate"]
-            if i != len(block_config) - 1:
+            if not last:
                 out_features = int(num_features * compression)
-                transition = self.transition_type(
-                    num_features, out_features, layer_options["act"], layer_options["norm"]
-                )
+                transition = self._transition(num_features, out_features, layer_options)
                 self.features.add_module(f"transition{i + 1}", transition)
                 num_features = out_features
         return num_features
+
+    def _block(
+        self, num_layers: int, num_features: int, layer_options: dict[str, Any], last: bool
+    ) -> nn.Module:
+        """One dense block (``last``: no transition follows it); models/fast builds its own."""
+        return _DenseBlock(num_layers, num_features, **layer_options)
+
+    def _transition(
+        self, num_features: int, out_features: int, layer_options: dict[str, Any]
+    ) -> nn.Module:
+        return _Transition(num_features, out_features, layer_options["act"], layer_options["norm"])
 
     def forward(self, x: Tensor) -> Tensor:
         features = self.features(x)

@@ -137,9 +137,11 @@ class _DenseLayer(plain._DenseLayer):
 class _DenseBlock(plain._DenseBlock):
     bottleneck_layer = _DenseLayer
 
-    # set on blocks followed by a transition: it reads the features without their
-    # concatenation being stored (and, in training, already normalised)
-    return_features = False
+    def __init__(self, *args: Any, return_features: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # a block followed by a transition hands it the features, without their concatenation
+        # being stored (and, in training, already normalised)
+        self.return_features = return_features
 
     def _shared_eps(self) -> float | None:
         """The eps of the layers' first BNs when they can share per-feature statistics."""
@@ -186,7 +188,7 @@ class _Transition(plain._Transition):
         memory_efficient: bool = False,
     ) -> None:
         super().__init__(num_input_features, num_output_features, act, norm)
-        self.memory_efficient = memory_efficient  # DenseNet sets the network's
+        self.memory_efficient = memory_efficient
 
     def forward(self, x: Tensor | DenseFeatures) -> Tensor:  # type: ignore[override]
         lean = recomputes(self)
@@ -215,18 +217,11 @@ IMAGENET_STEM = ("conv0", "norm0", "act0", "pool0")
 class DenseNet(plain.DenseNet):
     """The same network as ``models.densenet.DenseNet`` (same arguments and parameters), faster."""
 
-    block_type = _DenseBlock
-    transition_type = _Transition
     memory_hook: MemoryHook | None = None  # set_memory_hook
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         blocks = [m for m in self.features.children() if isinstance(m, _DenseBlock)]
-        for block in blocks[:-1]:  # each is followed by a transition
-            block.return_features = True
-        for m in self.features.children():
-            if isinstance(m, _Transition):
-                m.memory_efficient = self.memory_efficient
         plain_layers = sorted(
             {
                 type(layer).__name__
@@ -240,6 +235,18 @@ class DenseNet(plain.DenseNet):
                 "model.impl=fast: %s layers run the plain way (no shared BN statistics)",
                 ", ".join(plain_layers),
             )
+
+    def _block(
+        self, num_layers: int, num_features: int, layer_options: dict[str, Any], last: bool
+    ) -> nn.Module:
+        return _DenseBlock(num_layers, num_features, return_features=not last, **layer_options)
+
+    def _transition(
+        self, num_features: int, out_features: int, layer_options: dict[str, Any]
+    ) -> nn.Module:
+        act, norm = layer_options["act"], layer_options["norm"]
+        lean = layer_options["memory_efficient"]
+        return _Transition(num_features, out_features, act, norm, memory_efficient=lean)
 
     def set_memory_hook(self, hook: MemoryHook | None) -> None:
         """Have the memory-efficient layers call ``hook(device)`` each time they have freed their
