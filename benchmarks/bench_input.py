@@ -108,13 +108,13 @@ def model_rate(cfg, steps: int) -> float:
     from densenet_exp.distributed import DistContext, resolve_device
     from densenet_exp.engine import epoch as ep
     from densenet_exp.engine.build import build
-    from densenet_exp.engine.helpers import loss_fn
+    from densenet_exp.engine.helpers import loss_fn, model_input
 
     typed = to_typed(cfg)
     device = resolve_device(str(cfg.trainer.device))
     c = build(typed, DistContext(device=device))
     batch = next(c.train.epoch(0))
-    x, y, tr = c.precision.cast_input(batch.x), batch.y, typed.trainer
+    x, y, tr = model_input(batch.x, c.precision, c.channels_last), batch.y, typed.trainer
     c.model.train()
 
     def step() -> None:  # what train_one_epoch does per step, without the data

@@ -49,8 +49,7 @@ def resolve_device(name: str) -> torch.device:
     if name == DeviceName.cuda and not torch.cuda.is_available():
         raise RuntimeError("trainer.device=cuda but no CUDA GPU is visible; use auto or cpu")
     if name not in (DeviceName.cpu, DeviceName.cuda):
-        valid = ", ".join(m.value for m in DeviceName)
-        raise ValueError(f"unknown trainer.device {name!r}; valid choices: {valid}")
+        raise ValueError(f"unknown trainer.device {name!r}; valid choices: {DeviceName.valid()}")
     return torch.device(name)
 
 

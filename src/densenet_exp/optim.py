@@ -62,7 +62,7 @@ def lr_factor(
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
     if name == SchedName.poly:
         return min_lr_ratio + (1 - min_lr_ratio) * (1 - t) ** power
-    choices = ", ".join(m.value for m in SchedName)
+    choices = SchedName.valid()
     raise ValueError(f"unknown schedule {name!r}; valid choices: {choices}")
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from enum import Enum
+from typing import TypeVar
+
+C = TypeVar("C", bound="Choice")
 
 
 class Choice(str, Enum):
@@ -13,6 +16,19 @@ class Choice(str, Enum):
 
     def __format__(self, spec: str) -> str:
         return format(str(self.value), spec)
+
+    @classmethod
+    def valid(cls) -> str:
+        """The valid choices, as an error message lists them."""
+        return ", ".join(m.value for m in cls)
+
+    @classmethod
+    def parse(cls: type[C], value: str, key: str) -> C:
+        """``value`` as a member, or a ValueError naming ``key``, the value and the choices."""
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(f"unknown {key} {value!r}; valid choices: {cls.valid()}") from None
 
 
 class Stem(Choice):

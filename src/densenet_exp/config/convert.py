@@ -8,12 +8,12 @@ back, for checkpoints and JSON.
 from __future__ import annotations
 
 import dataclasses
-from enum import Enum
 from typing import Any, TypeVar, get_type_hints
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .choices import Choice
 from .schema import Config
 
 T = TypeVar("T")
@@ -61,9 +61,8 @@ def _explain(cls: type, e: OmegaConfBaseException, given: Any, prefix: str) -> s
         bad = OmegaConf.select(OmegaConf.create(given), key) if isinstance(given, dict) else None
     except OmegaConfBaseException:
         bad = None
-    if isinstance(kind, type) and issubclass(kind, Enum):
-        choices = ", ".join(m.value for m in kind)
-        return f"unknown {prefix}{key} {bad!r}; valid choices: {choices}"
+    if isinstance(kind, type) and issubclass(kind, Choice):  # every enum of the schema
+        return f"unknown {prefix}{key} {bad!r}; valid choices: {kind.valid()}"
     first_line = str(e).splitlines()[0]
     return f"{prefix}{key}: {first_line}"
 

@@ -14,7 +14,7 @@ from .. import distributed as du
 from ..config import TrainerConfig
 from ..data import Batch
 from .build import Components
-from .helpers import loss_fn
+from .helpers import loss_fn, model_input
 from .trainer import Trainer
 
 
@@ -76,10 +76,9 @@ def train_one_epoch(t: Trainer, epoch: int) -> EpochResult:
 def _forward_backward(t: Trainer, x: Tensor, y: Tensor) -> Tensor:
     """One micro-batch: forward and loss under the precision's autocast, then its backward."""
     c, tr = t.c, t.tr
+    x = model_input(x, c.precision, c.channels_last)
     with c.precision.autocast():
-        loss = loss_fn(
-            t.train_model(t.model_input(x)), y, tr.loss, tr.label_smoothing, tr.focal_gamma
-        )
+        loss = loss_fn(t.train_model(x), y, tr.loss, tr.label_smoothing, tr.focal_gamma)
     c.precision.backward(loss / c.accum)
     return loss
 

@@ -10,6 +10,7 @@ from .. import distributed as du
 from ..data import DataError, DeviceBatches
 from ..precision import Precision
 from ..val_predictions import PredictionSink
+from .helpers import model_input
 
 
 @torch.no_grad()
@@ -29,11 +30,8 @@ def evaluate(
     device = batches.device
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, count
     for x, y, index, _ in batches.epoch():
-        x = precision.cast_input(x)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         with precision.autocast():
-            logits = model(x).float()
+            logits = model(model_input(x, precision, channels_last)).float()
         if predictions is not None and index is not None:
             predictions.add(index, y, logits)
         k = min(5, logits.shape[1])

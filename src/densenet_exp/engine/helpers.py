@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..config import LossName
+from ..precision import Precision
 
 log = logging.getLogger("densenet_exp")
 
@@ -76,8 +77,13 @@ def loss_fn(
         # per-sample focal loss (Lin et al. 2017): (1 - p_t)^gamma * CE, p_t from the true class
         log_pt = F.log_softmax(logits, dim=1).gather(1, target[:, None]).squeeze(1)
         return ((1.0 - log_pt.exp()).clamp_min(0.0).pow(gamma) * ce).mean()
-    valid = ", ".join(m.value for m in LossName)
-    raise ValueError(f"unknown trainer.loss {kind!r}; valid choices: {valid}")
+    raise ValueError(f"unknown trainer.loss {kind!r}; valid choices: {LossName.valid()}")
+
+
+def model_input(x: torch.Tensor, precision: Precision, channels_last: bool) -> torch.Tensor:
+    """A device-ready batch in the precision and memory format the model runs in."""
+    x = precision.cast_input(x)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 def unwrap(model: nn.Module) -> nn.Module:

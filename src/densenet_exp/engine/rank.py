@@ -49,8 +49,9 @@ def run_rank(cfg: Config | Any, run_dir: str) -> dict[str, Any]:
         # however the run ended, rank 0 writes metrics.json and says so at the end of the log
         if ended.wall_s is None:
             ended.wall_s = time.perf_counter() - t0
-        _write_summary(run_path, ctx, ended.to_dict())
-        _closing_block(run_path, ctx, ended.to_dict())
+        record = ended.to_dict()
+        _write_summary(run_path, ctx, record)
+        _closing_block(run_path, ctx, record)
     return summary
 
 

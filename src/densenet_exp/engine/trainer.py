@@ -5,9 +5,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-from torch import Tensor
-
 from .. import distributed as du
 from ..config import Config
 from .build import build, wrap
@@ -32,11 +29,6 @@ class Trainer:
         self.saver = Checkpointer(self.c, cfg, ctx, run_dir / "checkpoints")
         self.guard = LossGuard(self.tr.max_nonfinite_steps, self.saver.dir)
         self.images, self.train_time = 0, 0.0  # this rank's training images and seconds so far
-
-    def model_input(self, x: Tensor) -> Tensor:
-        """A device-ready batch in the precision and memory format the model runs in."""
-        x = self.c.precision.cast_input(x)
-        return x.contiguous(memory_format=torch.channels_last) if self.c.channels_last else x
 
     @property
     def img_per_s(self) -> float:

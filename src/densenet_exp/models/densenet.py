@@ -292,5 +292,4 @@ def _stem(
         return nn.Sequential(
             OrderedDict(conv0=nn.Conv2d(3, num_init_features, 3, stride=1, padding=1, bias=False))
         )
-    valid = ", ".join(s.value for s in Stem)
-    raise ValueError(f"unknown stem {stem!r}; valid choices: {valid}")
+    raise ValueError(f"unknown stem {stem!r}; valid choices: {Stem.valid()}")

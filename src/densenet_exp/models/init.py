@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from enum import Enum
-
 from torch import nn
 
 from ..config import ActName, InitConfig, InitDistribution, InitName
@@ -24,10 +22,8 @@ def init_weights(
 
     ``default`` keeps PyTorch's per-layer init for conv and linear weights.
     """
-    name, distribution = (
-        _choice(InitName, name, "init"),
-        _choice(InitDistribution, distribution, "init.distribution"),
-    )
+    name = InitName.parse(name, "init")
+    distribution = InitDistribution.parse(distribution, "init.distribution")
     mode = str(mode)  # torch's kaiming_* compare it with plain strings
     nonlinearity, slope = kaiming_gain_name(act_name)
     for m in model.modules():
@@ -54,11 +50,3 @@ def init_weights(
             nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
-
-
-def _choice(kind: type[Enum], value: str, key: str) -> Enum:
-    try:
-        return kind(value)
-    except ValueError:
-        valid = ", ".join(m.value for m in kind)
-        raise ValueError(f"unknown {key} {value!r}; valid choices: {valid}") from None

@@ -27,11 +27,7 @@ IMPLS: dict[Impl, type[DenseNet]] = {Impl.fast: FastDenseNet, Impl.plain: DenseN
 
 def implementation(impl: Impl | str) -> type[DenseNet]:
     """The class of ``model.impl``: ``fast`` (models/fast) or ``plain`` (models/densenet.py)."""
-    try:
-        return IMPLS[Impl(impl)]
-    except ValueError:
-        choices = ", ".join(i.value for i in Impl)
-        raise ValueError(f"unknown model.impl {impl!r}; valid choices: {choices}") from None
+    return IMPLS[Impl.parse(impl, "model.impl")]
 
 
 def implementation_of(model: nn.Module) -> Impl:
