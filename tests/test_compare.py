@@ -18,7 +18,8 @@ from densenet_exp import val_predictions
 from densenet_exp.models import densenet121
 from densenet_exp.models.cost import count_macs
 from densenet_exp.runs import compare, configurations, find_runs, main, write_summary
-from densenet_exp.runs.stats import holm, paired_bootstrap
+from densenet_exp.runs.compare import Options
+from densenet_exp.runs.plan import Plan
 
 N_IMAGES = 1000
 
@@ -102,85 +103,134 @@ def test_by_configuration_means_stds_and_cis_match_an_independent_computation(tm
     assert "## By configuration" in text and "act=relu (baseline) | 3 |" in text
 
 
-def test_the_mcnemar_p_value_is_the_exact_binomial_test_on_the_discordant_images(tmp_path):
+def seeds_with_errors(rng, counts, n=N_IMAGES):
+    """One correct-array per seed, with ``counts[i]`` errors at random images."""
+    return [errors_at(rng.choice(n, k, replace=False), n) for k in counts]
+
+
+def top1_of(seeds):
+    return np.array([s.mean() for s in seeds])
+
+
+def test_one_seed_a_side_is_not_tested_and_the_two_runs_disagreement_is_described(tmp_path):
     rng = np.random.default_rng(1)
     base = errors_at(rng.choice(N_IMAGES, 80, replace=False))
     other = base.copy()
-    fixed = np.flatnonzero(~base)[:12]  # 12 images only the new one gets right
-    broken = np.flatnonzero(base)[:3]  # 3 only the baseline gets right
-    other[fixed], other[broken] = True, False
+    other[np.flatnonzero(~base)[:12]] = True  # 12 images only the new run gets right
+    other[np.flatnonzero(base)[:3]] = False  # 3 only the baseline's
     row = verdicts(sweep_of(tmp_path, {"relu": [base], "swish": [other]}))["act=swish"]
-    assert row.test.startswith("exact McNemar (12 vs 3")
-    assert row.p_value == pytest.approx(stats.binomtest(12, 15, 0.5).pvalue, rel=1e-12)
-    assert row.delta == pytest.approx((12 - 3) / N_IMAGES)
+    assert row.verdict == "not tested" and math.isnan(row.p_value) and math.isnan(row.low)
+    assert row.note == "not tested: one seed each, the seed spread is unknown"
+    assert row.runs_differ_on == 15 and row.delta == pytest.approx((12 - 3) / N_IMAGES)
+    assert row.advice.startswith("at least ") and "seeds each" in row.advice
 
 
-def test_a_configuration_identical_to_the_baseline_is_no_detectable_difference(tmp_path):
+def test_the_seeds_top1_are_compared_by_welchs_t_as_scipy_computes_it(tmp_path):
     rng = np.random.default_rng(2)
-    seeds = [errors_at(rng.choice(N_IMAGES, 60, replace=False)) for _ in range(3)]
-    row = verdicts(sweep_of(tmp_path, {"relu": seeds, "gelu": [s.copy() for s in seeds]}))[
-        "act=gelu"
-    ]
-    assert row.verdict == "no detectable difference"
-    assert row.delta == 0.0 and row.p_value > 0.5
-    assert row.detectable > 0  # and says what it could have seen
+    base = seeds_with_errors(rng, [60, 75, 52])
+    new = seeds_with_errors(rng, [41, 50, 38])
+    row = verdicts(sweep_of(tmp_path, {"relu": base, "swish": new}))["act=swish"]
+    a, b = top1_of(base), top1_of(new)
+    welch = stats.ttest_ind(b, a, equal_var=False)
+    assert row.test == "Welch t (3 vs 3 seeds)"
+    assert row.delta == pytest.approx(b.mean() - a.mean())
+    assert row.p_value == pytest.approx(welch.pvalue) and row.df == pytest.approx(welch.df)
+    # one comparison: Holm over its two directions is the two-sided test, its interval the 95% one
+    ci = welch.confidence_interval(0.95)
+    assert row.adjusted_p == pytest.approx(welch.pvalue)
+    assert row.verdict == ("better" if welch.pvalue <= 0.05 else "undecided")
+    if row.verdict == "undecided":
+        assert (row.low, row.high) == pytest.approx((ci.low, ci.high))
+    wins = sum((y > x) + 0.5 * (y == x) for x in a for y in b)
+    assert row.b_beats_a == pytest.approx(wins / 9)
+    assert row.min_effect == pytest.approx(0.1 * (1 - a.mean()))  # a tenth of the errors
 
 
-def test_fixing_a_tenth_of_the_errors_consistently_is_better_and_scattered_seeds_are_not(tmp_path):
+def test_a_copy_of_the_baseline_is_equivalent_within_a_wide_margin_and_says_what_would_decide(
+    tmp_path,
+):
     rng = np.random.default_rng(3)
-    shared = rng.choice(N_IMAGES, 100, replace=False)  # the baseline's errors, every seed
-    rest = np.setdiff1d(np.arange(N_IMAGES), shared)
-    noise = lambda: rng.choice(rest, 5, replace=False)  # noqa: E731 - a few seed-specific errors
-    base = [errors_at(np.r_[shared, noise()]) for _ in range(3)]
-    # consistent: every seed fixes the same 10 of the baseline's 100 errors
-    consistent = [errors_at(np.r_[shared[10:], noise()]) for _ in range(3)]
-    # scattered: the same mean gain (+10 images), but one seed fixes 50 and the others break 40/+0
-    scattered = [
-        errors_at(np.r_[shared[50:], noise()]),
-        errors_at(np.r_[shared, rest[:40], noise()]),
-        errors_at(np.r_[shared[20:], noise()]),
-    ]
-    rows = verdicts(sweep_of(tmp_path, {"relu": base, "mish": consistent, "swish": scattered}))
-    assert rows["act=mish"].delta == pytest.approx(0.010, abs=1e-9)
-    assert rows["act=swish"].delta == pytest.approx(0.010, abs=1e-9)
-    assert rows["act=mish"].verdict == "better" and rows["act=mish"].p_better > 0.99
-    assert rows["act=swish"].verdict == "no detectable difference"
-    assert rows["act=mish"].low > 0 > rows["act=swish"].low
-    assert rows["act=mish"].test == "bootstrap (3 vs 3 seeds x 1000 images)"
+    seeds = seeds_with_errors(rng, [60, 66, 55])
+    sweep_of(tmp_path, {"relu": seeds, "gelu": [s.copy() for s in seeds]})
+    configs = configurations(find_runs(tmp_path))
+    wide = {r.config.label: r for r in compare(configs, "act=relu", Options(min_effect=0.05))}
+    assert wide["act=gelu"].verdict == "equivalent" and wide["act=gelu"].delta == 0.0
+    narrow = {r.config.label: r for r in compare(configs, "act=relu")}["act=gelu"]
+    assert narrow.verdict == "undecided" and narrow.detectable > narrow.min_effect
+    assert narrow.seeds_needed > 3 and narrow.advice.startswith(
+        f"about {narrow.seeds_needed} seeds"
+    )
 
 
-def test_holm_turns_a_borderline_win_into_no_difference_among_many_comparisons(tmp_path):
-    rng = np.random.default_rng(4)
-    base = errors_at(rng.choice(N_IMAGES, 50, replace=False))
-    win = base.copy()
-    win[np.flatnonzero(~base)[:9]] = True  # 9 images won
-    win[np.flatnonzero(base)[:1]] = False  # 1 lost: p = 0.0215
-    p_alone = stats.binomtest(9, 10, 0.5).pvalue
-    alone = verdicts(sweep_of(tmp_path / "alone", {"relu": [base], "swish": [win]}))
-    assert alone["act=swish"].verdict == "better"
+def test_holm_turns_a_lone_win_into_undecided_among_many_comparisons(tmp_path):
+    base = [errors_at(range(k)) for k in (50, 55, 60)]
+    win = [errors_at(range(k)) for k in (30, 33, 36)]
+    p_alone = stats.ttest_ind(top1_of(win), top1_of(base), equal_var=False).pvalue
+    alone = verdicts(sweep_of(tmp_path / "alone", {"relu": base, "swish": win}))
+    assert alone["act=swish"].verdict == "better" and alone["act=swish"].low == 0
     assert alone["act=swish"].adjusted_p == pytest.approx(p_alone)
-    many = {"relu": [base], "swish": [win]} | {f"null{i}": [base.copy()] for i in range(9)}
+    many = {"relu": base, "swish": win} | {f"null{i}": [s.copy() for s in base] for i in range(9)}
     crowd = verdicts(sweep_of(tmp_path / "crowd", many))
-    assert crowd["act=swish"].p_value == pytest.approx(p_alone)
-    assert crowd["act=swish"].adjusted_p == pytest.approx(10 * p_alone)  # smallest of 10
-    assert crowd["act=swish"].verdict == "no detectable difference"
+    # 20 one-sided hypotheses; the smallest p (half the two-sided) is multiplied by 20
+    assert crowd["act=swish"].adjusted_p == pytest.approx(min(1.0, 10 * p_alone))
+    assert crowd["act=swish"].verdict == "undecided" and 0.005 < p_alone < 0.05
+    assert crowd["act=swish"].low < 0 < crowd["act=swish"].high
 
 
-def test_holm_adjustment_is_the_step_down_rule():
-    p = [0.01, 0.04, 0.03, 0.005]
-    # by hand: sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1, then running maximum
-    assert holm(p) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+def test_pooled_seed_variance_tests_one_seed_a_side_with_the_sweeps_spread(tmp_path):
+    rng = np.random.default_rng(4)
+    others = {
+        "gelu": seeds_with_errors(rng, [40, 52, 47]),
+        "mish": seeds_with_errors(rng, [45, 39]),
+    }
+    base, new = seeds_with_errors(rng, [50]), seeds_with_errors(rng, [20])
+    sweep_of(tmp_path, {"relu": base, "swish": new, **others})
+    configs = configurations(find_runs(tmp_path))
+    row = {r.config.label: r for r in compare(configs, "act=relu", Options(pooled=True))}
+    g, m = top1_of(others["gelu"]), top1_of(others["mish"])
+    var = (np.sum((g - g.mean()) ** 2) + np.sum((m - m.mean()) ** 2)) / 3  # 2 + 1 df
+    t = 0.03 / math.sqrt(var * 2)
+    p_one = stats.t.sf(t, 3)
+    assert row["act=swish"].test == "pooled t (3 df) (1 vs 1 seeds)"
+    assert row["act=swish"].p_value == pytest.approx(2 * p_one)
+    assert row["act=swish"].adjusted_p == pytest.approx(min(1.0, 6 * p_one))  # 3 comparisons
 
 
-def test_the_bootstrap_pairs_images_across_the_two_configurations():
-    # B = A shifted by one fixed image: paired, every resample's difference has the same sign
-    a = np.ones((2, 200))
-    a[:, :20] = 0
-    b = a.copy()
-    b[:, 0] = 1
-    d = paired_bootstrap(a, b, resamples=2000)
-    assert d.mean == pytest.approx(1 / 200)
-    assert d.low >= 0 and d.p_better > 0.6
+def test_the_image_term_widens_the_interval_when_configurations_differ_on_some_images(tmp_path):
+    rng = np.random.default_rng(5)
+    shared = rng.choice(N_IMAGES, 60, replace=False)  # hard images: wrong in every seed
+    rest = np.setdiff1d(np.arange(N_IMAGES), shared)
+    base = [errors_at(np.r_[shared, rng.choice(rest, k, replace=False)]) for k in (3, 6, 4)]
+    new = [s.copy() for s in base]
+    for s in new:  # every seed fixes the same 30 hard images: a real, image-specific gain
+        s[shared[:30]] = True
+    sweep_of(tmp_path, {"relu": base, "swish": new})
+    configs = configurations(find_runs(tmp_path))
+    plain = compare(configs, "act=relu")[0]
+    both = compare(configs, "act=relu", Options(images=True))[0]
+    assert both.test.startswith("Welch t + images") and both.se > plain.se
+    assert both.delta == plain.delta
+
+
+def test_a_planned_look_is_tested_at_the_level_the_plan_spends_there(tmp_path):
+    rng = np.random.default_rng(6)
+    base = seeds_with_errors(rng, [50, 58, 54, 61])
+    new = seeds_with_errors(rng, [30, 35, 33, 29])
+    sweep_of(tmp_path, {"relu": base, "swish": new})
+    plan = Plan(looks=[2, 4], min_effect=0.005, baseline="act=relu", taken=1)
+    row = compare(configurations(find_runs(tmp_path)), None, None, plan)[0]
+    a, b = top1_of(base[:2]), top1_of(new[:2])  # look 1: the first 2 seeds, by seed
+    welch = stats.ttest_ind(b, a, equal_var=False)
+    spent = 2 * stats.norm.sf(stats.norm.ppf(0.975) / math.sqrt(0.5))  # O'Brien-Fleming at 1/2
+    level = spent / 2  # Bonferroni over the two directions of the one comparison
+    assert row.look == 1 and row.n == 2
+    se = (b.mean() - a.mean()) / welch.statistic
+    assert row.se == pytest.approx(se)
+    assert row.low == pytest.approx(b.mean() - a.mean() - stats.t.ppf(1 - level, welch.df) * se)
+    assert row.verdict == "undecided"  # 2 seeds at a level of 0.0028 decide nothing here
+    plan.taken = 2
+    row = compare(configurations(find_runs(tmp_path)), None, None, plan)[0]
+    assert row.look == 2 and row.n == 4 and row.verdict == "better"
 
 
 def test_the_baseline_is_the_default_choice_unless_one_is_named(tmp_path, capsys):
@@ -194,6 +244,11 @@ def test_the_baseline_is_the_default_choice_unless_one_is_named(tmp_path, capsys
     assert (tmp_path / "compare.csv").is_file() and (tmp_path / "compare.md").is_file()
     assert main(["compare", str(tmp_path), "--baseline", "act=nope"]) == 2
     assert "act=nope" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["compare", str(tmp_path), "--min-effect", "2"])
+    assert "2 is not a difference of top-1 in (0, 1)" in capsys.readouterr().err
+    assert main(["extend", str(tmp_path)]) == 2  # fake runs: no sweep record to extend through
+    assert "has no multirun.yaml" in capsys.readouterr().err
 
 
 def test_flop_counter_matches_torchvisions_published_densenet121_gmacs():
@@ -227,3 +282,34 @@ def test_the_baseline_of_a_swept_value_is_the_value_the_sweep_started_from(tmp_p
     configs = configurations(find_runs(tmp_path))
     assert [c.label for c in configs] == ["optim.lr=0.05", "optim.lr=0.1", "optim.lr=0.2"]
     assert [c.label for c in configs if c.baseline] == ["optim.lr=0.1"]
+
+
+def test_extend_adds_seeds_only_to_the_open_comparisons_and_the_baseline(tmp_path, monkeypatch):
+    from densenet_exp.runs import extend as extend_module
+
+    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": {}}}))
+    steady = [errors_at(range(k)) for k in (50, 51, 52)]  # seeds that barely differ
+    sweep_of(
+        tmp_path,
+        {
+            "relu": steady,
+            "gelu": [s.copy() for s in steady],  # the same: equivalent within ±0.05
+            "mish": [errors_at(range(k)) for k in (30, 60, 45)],  # spread out: undecided
+        },
+    )
+    launched = []
+
+    def fake_launch(sweep, record, config, seeds, first_number, look):
+        launched.append((config.label, seeds, first_number, look))
+        return 0
+
+    monkeypatch.setattr(extend_module, "_launch", fake_launch)
+    plan = extend_module.extend(tmp_path, max_seeds=6, min_effect=0.05)
+    assert plan.looks == [3, 6] and plan.taken == 2 and plan.baseline == "act=relu"
+    # new seeds after every seed used, the same for each; job numbers after the sweep's
+    assert launched == [("act=relu", [3, 4, 5], 9, 2), ("act=mish", [3, 4, 5], 12, 2)]
+    rows = list(csv.DictReader((tmp_path / "compare.csv").open()))
+    assert {r["configuration"]: r["verdict"] for r in rows}["act=gelu"] == "equivalent"
+    assert "planned look 2 of 2" in (tmp_path / "compare.md").read_text()
+    with pytest.raises(ValueError, match="plan ends at 6 seeds, not 8"):
+        extend_module.extend(tmp_path, max_seeds=8)

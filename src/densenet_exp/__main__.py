@@ -56,6 +56,8 @@ def _job_dirname(sweep_dir: str | None, task_overrides: Any, sweeper_params: Any
 
 
 OmegaConf.register_new_resolver("densenet_exp.dirname", _job_dirname, replace=True)
+# ``runs extend`` numbers the jobs it adds after the sweep's: hydra.job.num + an offset
+OmegaConf.register_new_resolver("densenet_exp.add", lambda a, b: int(a) + int(b), replace=True)
 # conf/config.yaml's hydra.job.config.override_dirname.exclude_keys, from the same list
 OmegaConf.register_new_resolver(
     "densenet_exp.not_in_job_names", lambda: list(NOT_IN_JOB_NAMES), replace=True

@@ -14,7 +14,7 @@ COSTS = {
     "macs": ("macs_per_image", 1e-9, "GMACs per image (multiply-adds, torch FlopCounterMode / 2)"),
     "img_per_s": ("img_per_s", 1.0, "training img/s"),
 }
-VERDICT_COLOURS = {"better": "tab:green", "worse": "tab:red"}
+VERDICT_COLOURS = {"better": "tab:green", "worse": "tab:red", "equivalent": "tab:blue"}
 
 
 def _pyplot() -> Any:
@@ -144,7 +144,9 @@ def _cost_point(
 
 
 def compare_plot(comparisons: list[Any], path: Path) -> None:
-    """Each configuration's difference to the baseline, its 95% interval, coloured by verdict."""
+    """Each configuration's difference to the baseline with its simultaneous interval (the one
+    the verdict reads; an end at 0 from a Holm rejection drawn open), coloured by verdict, and
+    the ±min-effect band."""
     plt = _pyplot()
     shown = [c for c in comparisons if not math.isnan(c.delta)]
     fig, ax = plt.subplots(figsize=(8, 1.2 + 0.45 * max(1, len(shown))))
@@ -152,14 +154,21 @@ def compare_plot(comparisons: list[Any], path: Path) -> None:
         colour = VERDICT_COLOURS.get(c.verdict, "tab:grey")
         if not math.isnan(c.low):
             ax.plot([c.low, c.high], [y, y], color=colour, lw=2)
+            for end in (c.low, c.high):
+                if end == 0 and c.verdict in ("better", "worse"):  # "> 0": an open end
+                    ax.plot(end, y, "o", mfc="white", color=colour, markersize=5)
         ax.plot(c.delta, y, "o", color=colour)
         ax.annotate(c.verdict, (c.delta, y), fontsize=7, xytext=(0, 6), textcoords="offset points")
     ax.axvline(0.0, color="black", lw=1)
+    effect = shown[0].min_effect if shown else math.nan
+    if effect > 0:
+        ax.axvspan(-effect, effect, color="tab:blue", alpha=0.08, label=f"±{effect:.4f}")
+        ax.legend(fontsize=7, loc="lower right")
     ax.set_yticks(range(len(shown)), [c.config.label for c in shown], fontsize=8)
     base = shown[0].baseline.label if shown else ""
     ax.set(
-        xlabel=f"final val top-1 minus the baseline's ({base}), 95% CI",
-        title="difference to the baseline (seeds and images resampled)",
+        xlabel=f"final val top-1 minus the baseline's ({base}); simultaneous 95% intervals",
+        title="difference to the baseline over seeds (Holm over both directions)",
     )
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()

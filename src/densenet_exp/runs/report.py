@@ -7,8 +7,10 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from .compare import compare, comparison_markdown, comparison_rows
+from .compare import Options, compare
+from .compare_table import comparison_header, comparison_markdown, comparison_rows
 from .configs import configurations
+from .plan import load_plan
 from .plots import compare_plot, summary_plot
 from .records import GROUPS, METRICS, Run, find_runs
 from .table import config_markdown, config_rows, markdown, summary_rows
@@ -55,10 +57,14 @@ def write_compare(
     baseline: str | None = None,
     plot: bool = True,
     runs: list[Run] | None = None,
+    options: Options | None = None,
 ) -> tuple[list[dict[str, Any]], str]:
     """Compare the configurations of every run under ``paths`` (or of ``runs``, already read);
     write compare.* to ``out_dir``. Returns the rows and the markdown text (printed by the CLI).
+
+    A single sweep folder with a plan from ``runs extend`` is compared look by look.
     """
+    options = options or Options()
     if runs is None:
         runs, seen = [], set()
         for p in paths:
@@ -66,16 +72,17 @@ def write_compare(
                 if run.path.resolve() not in seen:
                     seen.add(run.path.resolve())
                     runs.append(run)
+    plan = load_plan(paths[0]) if len(paths) == 1 else None
     configs = configurations(runs)
-    comparisons = compare(configs, baseline)
+    comparisons = compare(configs, baseline, options, plan)
     rows = comparison_rows(comparisons)
     base = next((c for c in configs if c.baseline), None)
-    header = [
-        f"## Against the baseline: {base.label if base else '(none)'} "
-        f"(n={len(base.ok) if base else 0}); final val top-1, 5% level, Holm-corrected",
-        "",
-    ]
-    text = "\n".join(header + comparison_markdown(rows)) + "\n"
+    min_effect = comparisons[0].min_effect if comparisons else float("nan")
+    alpha = plan.alpha if plan else options.alpha
+    header = comparison_header(
+        base.label if base else "(none)", len(base.ok) if base else 0, min_effect, alpha, plan
+    )
+    text = "\n".join([header, "", *comparison_markdown(rows)]) + "\n"
     if out_dir is not None:
         out = Path(out_dir)
         with (out / "compare.csv").open("w", newline="") as f:
