@@ -95,13 +95,12 @@ def comparison_header(
 ) -> str:
     """The line above the table: the baseline, the level and the minimum effect."""
     errors = "" if plan else " (a tenth of the baseline's errors unless --min-effect)"
+    method = plan.spending if plan else "Holm over both directions"
     text = (
         f"## Against the baseline: {base_label} (n={base_n}); final val top-1 over seeds, "
-        f"{alpha:.0%} family-wise (Holm over both directions); min effect ±{min_effect:.4f}{errors}"
+        f"{alpha:.0%} family-wise ({method}); min effect ±{min_effect:.4f}{errors}"
     )
     if plan is not None:
-        text += (
-            f"; planned look {plan.taken} of {len(plan.looks)} "
-            f"(seeds {', '.join(map(str, plan.looks))}; {plan.spending})"
-        )
+        looks = ", ".join(map(str, plan.looks))
+        text += f"; planned look {plan.taken} of {len(plan.looks)} (seeds {looks})"
     return text

@@ -168,7 +168,9 @@ def compare_plot(comparisons: list[Any], path: Path) -> None:
     base = shown[0].baseline.label if shown else ""
     ax.set(
         xlabel=f"final val top-1 minus the baseline's ({base}); simultaneous 95% intervals",
-        title="difference to the baseline over seeds (Holm over both directions)",
+        title="difference to the baseline over seeds ("
+        + ("planned looks" if any(c.look for c in shown) else "Holm over both directions")
+        + ")",
     )
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()

@@ -79,9 +79,9 @@ def write_compare(
     base = next((c for c in configs if c.baseline), None)
     min_effect = comparisons[0].min_effect if comparisons else float("nan")
     alpha = plan.alpha if plan else options.alpha
-    header = comparison_header(
-        base.label if base else "(none)", len(base.ok) if base else 0, min_effect, alpha, plan
-    )
+    used = [c.baseline_n for c in comparisons if c.baseline_n]  # a planned look's seeds
+    base_n = max(used) if used else len(base.ok) if base else 0
+    header = comparison_header(base.label if base else "(none)", base_n, min_effect, alpha, plan)
     text = "\n".join([header, "", *comparison_markdown(rows)]) + "\n"
     if out_dir is not None:
         out = Path(out_dir)
