@@ -231,6 +231,12 @@ def test_a_planned_look_is_tested_at_the_level_the_plan_spends_there(tmp_path):
     plan.taken = 2
     row = compare(configurations(find_runs(tmp_path)), None, None, plan)[0]
     assert row.look == 2 and row.n == 4 and row.verdict == "better"
+    # a look of one seed a side is not tested; the next look is
+    one_first = Plan(looks=[1, 2], min_effect=0.005, baseline="act=relu", taken=2)
+    row = compare(configurations(find_runs(tmp_path)), None, None, one_first)[0]
+    assert row.look == 2 and row.n == 2 and row.test == "Welch t (2 vs 2 seeds)"
+    with pytest.raises(ValueError, match="plan compares against act=relu, not act=swish"):
+        compare(configurations(find_runs(tmp_path)), "act=swish", None, plan)
 
 
 def test_the_baseline_is_the_default_choice_unless_one_is_named(tmp_path, capsys):

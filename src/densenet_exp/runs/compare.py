@@ -56,7 +56,7 @@ class Comparison:
     seeds_needed: int | None = None
     advice: str = ""
     runs_differ_on: int | None = None  # one seed a side: images the two runs disagree on
-    look: int | None = None
+    look: int = 0  # the planned look that judged it (0: no plan)
     note: str = ""
     _test: stats.TTest | None = field(default=None, repr=False)
 
@@ -129,24 +129,30 @@ def _fixed(rows: list[Comparison], options: Options, d: float, pool: tuple[float
 
 
 def _sequential(
-    rows: list[Comparison], options: Options, plan: Plan, pool: tuple[float, int], family: int
+    rows: list[Comparison], options: Options, plan: Plan, configs: list[Configuration]
 ) -> None:
     """Each comparison through the plan's looks, on its first n seeds, until one decides it."""
     alphas = look_alphas(plan.looks, plan.alpha)
-    for row in rows:
-        for j, k in enumerate(plan.looks[: plan.taken]):
+    family = max(1, len(configs) - 1)
+    for j, k in enumerate(plan.looks[: plan.taken]):
+        # a pooled spread from the seeds this look has, not from later looks' seeds
+        pool = _pool([seeded(c)[:k] for c in configs]) if options.pooled else (math.nan, 0)
+        for row in rows:
+            if row.verdict and row.verdict != Verdict.undecided:
+                continue  # decided at an earlier look: that verdict stands
             if min(len(row.config.ok), len(row.baseline.ok)) < k and j > 0:
                 row.note = f"look {j + 1} needs {k} seeds a side"
-                break
+                continue
             test = _test(row, k, options, pool)
             if test is None:
-                break
+                continue
             level = alphas[j] / (2 * family)
-            decision = look_decisions([test], level, plan.alpha, plan.min_effect)[0]
-            _apply(row, decision)
+            _apply(row, look_decisions([test], level, plan.alpha, plan.min_effect)[0])
             row.look = j + 1
-            if decision.verdict != Verdict.undecided:
-                break
+
+
+def _pool(runs: list[list[Run]]) -> tuple[float, int]:
+    return stats.pooled_sd([top1(r) for r in runs])
 
 
 def _plan_seeds(row: Comparison, options: Options, family: int, pool: tuple[float, int]) -> None:
@@ -185,13 +191,15 @@ def compare(
     options = options or Options()
     if plan is not None:  # the plan fixed the test before its first look
         options = replace(options, alpha=plan.alpha, pooled=plan.pooled, images=plan.images)
+    if plan is not None and baseline not in (None, plan.baseline):
+        raise ValueError(f"this sweep's plan compares against {plan.baseline}, not {baseline}")
     base = mark_baseline(configs, baseline or (plan.baseline if plan else None))
     if base is None:
         return []
     d = plan.min_effect if plan else options.min_effect
     if d is None:
         d = 0.1 * (1.0 - float(top1(base.ok).mean())) if base.ok else math.nan
-    pool = stats.pooled_sd([top1(c.ok) for c in configs]) if options.pooled else (math.nan, 0)
+    pool = _pool([c.ok for c in configs]) if options.pooled else (math.nan, 0)
     rows = [Comparison(c, base, min_effect=d) for c in configs if c is not base]
     runnable = [r for r in rows if r.config.ok and base.ok]
     for r in rows:
@@ -200,7 +208,7 @@ def compare(
     if plan is None:
         _fixed(runnable, options, d, pool)
     else:
-        _sequential(runnable, options, plan, pool, max(1, len(rows)))
+        _sequential(runnable, options, plan, configs)
     for r in rows:
         r.verdict = r.verdict or Verdict.not_tested.value
         if r.verdict in (Verdict.undecided, Verdict.not_tested) and r in runnable:

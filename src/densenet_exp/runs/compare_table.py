@@ -32,7 +32,7 @@ def comparison_rows(comparisons: list[Comparison]) -> list[dict[str, Any]]:
             "detectable_delta": c.detectable,
             "seeds_needed": c.seeds_needed,
             "runs_differ_on": c.runs_differ_on,
-            "look": c.look,
+            "look": c.look or None,
             "advice": c.advice,
             "note": c.note,
         }
