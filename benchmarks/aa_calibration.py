@@ -1,18 +1,20 @@
 """A/A calibration of ``runs compare`` on real runs: one configuration against itself.
 
-    python benchmarks/aa_calibration.py [--seeds 20] [--epochs 3] [--splits 200]
+    python benchmarks/aa_calibration.py [--seeds 40] [--epochs 3] [--splits 200]
                                         [--counts 1 2 3 5 10] [--out DIR]
 
-Trains the default job at ``--epochs`` twice over, as two sweeps of ``--seeds`` seeds each with
-disjoint seed numbers, under two values of a key that never acts (``data.on_bad_image=skip`` and
-``error``: the embedded digits have no bad image), so that ``compare`` sees two configurations that
-differ in nothing. Then, for each seed count n, it draws ``--splits`` random n-seed subsets of each
-side and compares them through the CLI (``runs compare RUN... --out``): every "better" or "worse"
-is a false alarm, and a calibrated comparison raises one in at most 5% of the splits. Each mode of
-the test is tried: the default (Welch), ``--pooled`` and ``--images``.
+Trains the default job at ``--epochs`` over ``--seeds`` seeds (one sweep, joblib with 2 jobs;
+skipped when ``--out`` holds that many finished runs already). Then, for each seed count n, it draws
+``--splits`` random disjoint pairs of n-seed sets and compares them through the CLI (``runs compare
+RUN... --out``). For ``compare`` to see two configurations, each split's runs are copied (their
+small files: config, metrics, predictions) with a key that never acts on this data written into
+B's copies (``data.on_bad_image: error``; the embedded digits have no bad image). So each
+comparison is of identical configurations, and every "better" or "worse" is a false alarm: a
+calibrated comparison raises one in at most 5% of the splits. Each mode is tried: the default
+(Welch), ``--pooled`` and ``--images``.
 
-The splits of one n reuse seeds (20 seeds give C(20, n) subsets), so the rates are less certain
-than their binomial intervals say; the simulation in tests/test_verdicts.py has independent draws.
+The splits of one n share seeds (40 seeds give many splits but only 40 runs), so the rates are
+less certain than their binomial intervals say; tests/test_verdicts.py simulates independent runs.
 """
 
 from __future__ import annotations
@@ -23,47 +25,75 @@ import csv
 import io
 import math
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+import yaml
+
 from densenet_exp.runs import find_runs, main
+from densenet_exp.val_predictions import FINAL_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = {"welch": [], "pooled": ["--pooled"], "images": ["--images"]}
+COPIED = ("metrics.json", "metrics.jsonl", FINAL_FILE)
+
+
+def finished(out: Path) -> list[Path]:
+    return [r.path for r in find_runs(out) if r.status == "ok"] if out.is_dir() else []
 
 
 def train(out: Path, seeds: int, epochs: int) -> None:
-    for label, first in (("skip", 0), ("error", seeds)):
-        sweep = out / label
-        if (sweep / "summary.csv").is_file():
-            continue  # trained by an earlier call
-        seed_range = f"trainer.seed=range({first},{first + seeds})"
-        cmd = [
-            sys.executable,
-            "-m",
-            "densenet_exp",
-            "-m",
-            f"trainer.epochs={epochs}",
-            f"data.on_bad_image={label}",
-            seed_range,
-            "trainer.progress=false",
-            "hydra/launcher=joblib",
-            "hydra.launcher.n_jobs=2",
-            f"hydra.sweep.dir={sweep}",
-        ]
-        print(" ".join(cmd[1:]), flush=True)
-        subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    if len(finished(out)) >= seeds:
+        return  # trained by an earlier call
+    cmd = [
+        sys.executable,
+        "-m",
+        "densenet_exp",
+        "-m",
+        f"trainer.epochs={epochs}",
+        f"trainer.seed=range({seeds})",
+        "trainer.progress=false",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        f"hydra.sweep.dir={out / 'runs'}",
+    ]
+    print(" ".join(cmd[1:]), flush=True)
+    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
 
 
-def verdict(runs: list[Path], mode: list[str], scratch: Path) -> str:
+def relabelled(run: Path, dest: Path, label: str) -> Path:
+    """A copy of ``run``'s small files whose config says ``data.on_bad_image: label``."""
+    (dest / ".hydra").mkdir(parents=True)
+    for name in COPIED:
+        shutil.copy(run / name, dest / name)
+    config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    config["data"]["on_bad_image"] = label
+    (dest / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
+    overrides = [o for o in overrides if not o.startswith("data.on_bad_image=")]
+    overrides.append(f"data.on_bad_image={label}")
+    (dest / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    shutil.copy(run / ".hydra" / "hydra.yaml", dest / ".hydra" / "hydra.yaml")
+    return dest
+
+
+def verdict(a: list[Path], b: list[Path], mode: list[str], scratch: Path) -> str:
+    if scratch.exists():
+        shutil.rmtree(scratch)
+    runs = [relabelled(r, scratch / f"a{i}", "skip") for i, r in enumerate(a)]
+    runs += [relabelled(r, scratch / f"b{i}", "error") for i, r in enumerate(b)]
     with contextlib.redirect_stdout(io.StringIO()):
         code = main(["compare", *map(str, runs), "--out", str(scratch), "--no-plot", *mode])
     if code != 0:
-        raise SystemExit(f"runs compare failed on {runs}")
+        raise SystemExit(f"runs compare failed on {a} vs {b}")
     with (scratch / "compare.csv").open() as f:
-        return next(csv.DictReader(f))["verdict"]
+        rows = list(csv.DictReader(f))
+    if len(rows) != 1 or rows[0]["baseline"] != "data.on_bad_image=skip":
+        raise SystemExit(f"expected one comparison against the skip side, got {rows}")
+    return rows[0]["verdict"]
 
 
 def interval(k: int, n: int) -> str:
@@ -76,28 +106,28 @@ def interval(k: int, n: int) -> str:
 
 def main_() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, default=20, help="seeds per side")
+    parser.add_argument("--seeds", type=int, default=40)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--splits", type=int, default=200, help="random splits per seed count")
     parser.add_argument("--counts", type=int, nargs="+", default=[1, 2, 3, 5, 10])
     parser.add_argument("--out", type=Path, default=ROOT / "multirun" / "aa_calibration")
     args = parser.parse_args()
     train(args.out, args.seeds, args.epochs)
-    sides = [[r.path for r in find_runs(args.out / label)] for label in ("skip", "error")]
+    population = finished(args.out)
     rng = random.Random(0)
-    print(f"\n{args.seeds} + {args.seeds} seeds, {args.splits} random splits per seed count")
+    print(f"\n{len(population)} seeds, {args.splits} random disjoint splits per seed count")
     print("| seeds per side | mode | better/worse | rate | 95% interval |")
     print("|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.counts:
-            splits = [
-                [p for side in sides for p in rng.sample(side, n)] for _ in range(args.splits)
-            ]
+            splits = [rng.sample(population, 2 * n) for _ in range(args.splits)]
             for name, mode in MODES.items():
-                called = sum(verdict(s, mode, Path(tmp)) in ("better", "worse") for s in splits)
-                rate = called / args.splits
+                called = sum(
+                    verdict(s[:n], s[n:], mode, Path(tmp) / "split") in ("better", "worse")
+                    for s in splits
+                )
                 print(
-                    f"| {n} | {name} | {called} of {args.splits} | {rate:.3f} | "
+                    f"| {n} | {name} | {called} of {args.splits} | {called / args.splits:.3f} | "
                     f"{interval(called, args.splits)} |",
                     flush=True,
                 )

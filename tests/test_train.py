@@ -69,6 +69,42 @@ def test_resume_continues_from_the_saved_epoch_and_step(tmp_path):
     assert "resumed from" in (run / "train.log").read_text()
 
 
+def written(run):
+    """What a run wrote that a resume could change: metrics, predictions, checkpoints, events."""
+    files = [run / "metrics.json", run / "metrics.jsonl", *run.glob("val_predictions*")]
+    files += [*(run / "checkpoints").glob("*"), *(run / "tb").rglob("*")]
+    return {str(p.relative_to(run)): p.read_bytes() for p in files if p.is_file()}
+
+
+def test_resuming_a_finished_run_changes_nothing_it_wrote(tmp_path, caplog):
+    run = tmp_path / "run"
+    first = train(compose_cfg([*TINY, "trainer.epochs=1"]), run)
+    before = written(run)
+    for resume in ("auto", f"{run}/checkpoints/last.pt"):
+        again = train(compose_cfg([*TINY, "trainer.epochs=1", f"trainer.resume={resume}"]), run)
+        assert again == first and written(run) == before
+    assert caplog.text.count("finished already (epoch 1, step 4): nothing to train") == 2
+
+
+def test_a_run_stopped_at_max_steps_never_passes_them_resumed_or_not(tmp_path):
+    run = tmp_path / "run"
+    args = [*TINY, "trainer.epochs=3", "trainer.max_steps=6"]
+    assert train(compose_cfg(args), run)["steps"] == 6  # 4 steps an epoch: stops inside epoch 1
+    before = written(run)
+    assert train(compose_cfg([*args, "trainer.resume=auto"]), run)["steps"] == 6
+    assert written(run) == before
+    # killed after last.pt but before metrics.json: the resume evaluates, trains no 7th step
+    (run / "metrics.json").unlink()
+    again = train(compose_cfg([*args, "trainer.resume=auto"]), run)
+    assert again["steps"] == 6 and again["final_val_top1"] is not None
+    assert written(run)["metrics.jsonl"] == before["metrics.jsonl"]  # no second evaluation
+    # more steps continue it
+    more = train(
+        compose_cfg([*TINY, "trainer.epochs=3", "trainer.max_steps=10", "trainer.resume=auto"]), run
+    )
+    assert more["steps"] == 10 and more["epochs"] == 3
+
+
 def test_resume_from_a_different_architecture_names_the_keys(tmp_path):
     run = tmp_path / "run"
     train(compose_cfg(TINY), run)

@@ -40,6 +40,9 @@ def train(cfg: Any, run_dir: str | Path | None = None) -> dict[str, Any]:
     if run_dir is None:
         raise ValueError("train(cfg) needs run_dir when called outside a Hydra app")
     run_dir = run_dir.resolve()
+    finished = _finished_already(cfg.trainer, run_dir)
+    if finished is not None:
+        return finished
     # the config's cross-key checks, once, where it enters: before any rank starts or data is read
     check_model_config(cfg.model)
     _check_writable(run_dir)
@@ -50,6 +53,41 @@ def train(cfg: Any, run_dir: str | Path | None = None) -> dict[str, Any]:
         return run_rank(cfg, str(run_dir))
     _prepare_data_once(cfg.data)
     return du.launch(spawned_rank, (cfg, str(run_dir)), cfg.dist, nproc, device)
+
+
+def _finished_already(trainer: Any, run_dir: Path) -> dict[str, Any] | None:
+    """The summary of the completed run in ``run_dir`` when resuming it asks for nothing more.
+
+    A finished run is final: resuming it (a sweep run again with ``trainer.resume=auto``, say)
+    must not train a step or rewrite a file. Only more epochs, or more steps, continue it.
+    """
+    import json
+    import logging
+
+    from .metrics import SUMMARY_FILE, Status
+
+    resume = trainer.resume
+    if not resume or (resume != "auto" and run_dir not in Path(resume).resolve().parents):
+        return None  # a fresh run, or another run's checkpoint as a starting point
+    try:
+        summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if summary.get("status") != Status.completed:
+        return None  # interrupted or failed: resume it
+    steps, epochs = summary.get("steps") or 0, summary.get("epochs") or 0
+    at_max_steps = trainer.max_steps is not None and steps >= trainer.max_steps
+    if not at_max_steps and epochs < trainer.epochs:
+        return None  # more epochs asked for: continue from last.pt
+    logging.getLogger("densenet_exp").info(
+        "%s finished already (epoch %d, step %d): nothing to train, nothing rewritten; "
+        "trainer.epochs above %d continues it",
+        run_dir,
+        epochs,
+        steps,
+        epochs,
+    )
+    return summary
 
 
 def _check_writable(run_dir: Path) -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 from .. import distributed as du
 from ..config import Config
-from ..metrics import EpochRow, RunSummary, Status
+from ..metrics import HISTORY_FILE, EpochRow, RunSummary, Status
 from ..val_predictions import PredictionSink
 from .epoch import EpochResult, train_one_epoch
 from .evaluate import evaluate
@@ -26,6 +27,9 @@ def fit(cfg: Config, run_dir: Path, ctx: du.DistContext) -> dict[str, Any]:
         eval_every = max(1, cfg.trainer.eval_every)
         last_eval: dict[str, Any] = {}
         epoch = st.epoch - 1
+        if cfg.trainer.max_steps is not None and st.global_step >= cfg.trainer.max_steps:
+            # resumed at max_steps (killed before metrics.json): its final evaluation is recorded
+            epochs, last_eval = st.epoch, _last_evaluation(run_dir)
         for epoch in range(st.epoch, epochs):
             t_epoch = time.perf_counter()
             result = train_one_epoch(t, epoch)
@@ -56,6 +60,12 @@ def fit(cfg: Config, run_dir: Path, ctx: du.DistContext) -> dict[str, Any]:
     ).to_dict()
     t.record.close(summary)
     return summary
+
+
+def _last_evaluation(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / HISTORY_FILE
+    rows = path.read_text().splitlines() if path.is_file() else []
+    return json.loads(rows[-1]) if rows else {}
 
 
 def validate(t: Trainer, epoch: int, result: EpochResult) -> dict[str, Any]:
