@@ -159,3 +159,18 @@ def all_checks(rank: int, world: int, port: int, out: str) -> None:
     ddp_memory_efficient_check(rank, world, out)
     dist.barrier()
     cleanup_check(rank, world, out)  # last: it leaves the group
+
+
+def node_main() -> None:
+    """One node of a multi-node job (``python -c``): train from argv's overrides, print what
+    ``train`` returns on this node."""
+    import json
+    import sys
+
+    from conftest import compose_cfg
+
+    from densenet_exp import train
+
+    run_dir, *overrides = sys.argv[1:]
+    summary = train(compose_cfg(overrides), run_dir)
+    print("RESULT " + json.dumps(summary), flush=True)

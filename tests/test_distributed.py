@@ -93,10 +93,7 @@ def test_distributed_evaluation_of_an_odd_val_set_equals_single_process(spawned,
 
 def test_two_nodes_on_loopback_form_one_world_and_train(tmp_path):
     port = free_port()
-    common = [
-        PYTHON,
-        "-m",
-        "densenet_exp",
+    overrides = [
         *TINY,
         "dist.nnodes=2",
         "dist.nproc_per_node=1",
@@ -104,9 +101,13 @@ def test_two_nodes_on_loopback_form_one_world_and_train(tmp_path):
         "dist.rdzv_id=loopback",
         "dist.timeout_s=60",
     ]
+    # each node calls train() and prints what it returns: the objective Hydra hands Optuna
+    driver = (
+        "import sys; sys.path.insert(0, 'tests'); import _dist_workers; _dist_workers.node_main()"
+    )
     nodes = [
         subprocess.Popen(
-            [*common, f"hydra.run.dir={tmp_path / f'node{i}'}"],
+            [PYTHON, "-c", driver, str(tmp_path / f"node{i}"), *overrides],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -123,6 +124,10 @@ def test_two_nodes_on_loopback_form_one_world_and_train(tmp_path):
     ]
     assert len(summaries) == 1  # only global rank 0 writes
     assert summaries[0]["world_size"] == 2 and summaries[0]["status"] == "completed"
+    # both nodes return global rank 0's summary, whichever node holds it
+    returned = [json.loads(o.split("RESULT ", 1)[1].splitlines()[0]) for o in outputs]
+    assert returned[0] == returned[1]
+    assert returned[0]["best_val_top1"] == summaries[0]["best_val_top1"]
 
 
 def test_a_rank_that_raises_fails_the_job_fast_with_its_error_in_the_log(tmp_path):

@@ -215,6 +215,30 @@ def test_an_unwritable_output_directory_fails_at_once(tmp_path):
         train(compose_cfg(TINY), blocker / "run")
 
 
+def test_the_write_probe_of_nodes_starting_together_cannot_collide(tmp_path):
+    """Every node of a job probes the run folder at once; a shared probe name raced (one
+    node's unlink removed another's file) in ~5% of tries between processes."""
+    import threading
+
+    from densenet_exp import _check_writable
+
+    errors = []
+
+    def probe():
+        for _ in range(1000):
+            try:
+                _check_writable(tmp_path)
+            except PermissionError as e:
+                errors.append(e)
+
+    threads = [threading.Thread(target=probe) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and list(tmp_path.iterdir()) == []
+
+
 def test_more_ranks_than_gpus_is_refused(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     with pytest.raises(ValueError, match=r"dist\.nproc_per_node=4 but only 2 GPU"):

@@ -92,11 +92,15 @@ def _finished_already(trainer: Any, run_dir: Path) -> dict[str, Any] | None:
 
 def _check_writable(run_dir: Path) -> None:
     """Fail before any work when results could not be saved."""
+    import os
+    import tempfile
+
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
+        # a name of its own: every node of a multi-node job probes the same folder at once
+        fd, probe = tempfile.mkstemp(dir=run_dir, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
     except OSError as e:
         raise PermissionError(f"output directory {run_dir} is not writable: {e}") from e
 

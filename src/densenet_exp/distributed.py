@@ -112,6 +112,16 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
+def from_rank_0(obj: Any) -> Any:
+    """Global rank 0's ``obj`` on every rank: what each node of a job returns, so the node that
+    does not hold rank 0 (torch's rendezvous orders nodes its own way) returns the same."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t)
@@ -201,7 +211,8 @@ def launch(
             results = elastic_launch(config, entry)(*args)
     except ChildFailedError as e:
         raise RankFailedError(_describe_failures(e.failures)) from None
-    return results.get(0) if results else None
+    # this node's ranks all hold global rank 0's summary (run_rank broadcasts it)
+    return results[min(results)] if results else None
 
 
 class RankFailedError(RuntimeError):

@@ -44,6 +44,7 @@ def run_rank(cfg: Config | Any, run_dir: str) -> dict[str, Any]:
         # closed" before this rank's own error is recorded, and the job would report that instead.
         raise
     else:
+        summary = du.from_rank_0(summary)
         du.cleanup()
     finally:
         # however the run ended, rank 0 writes metrics.json and says so at the end of the log
