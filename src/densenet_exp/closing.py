@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import yaml
 
 from .metrics import Status
-from .overrides import override_key
+from .overrides import override_key, override_value
 
 # keys the resume command sets itself; the run's own values of them are dropped
 _RESUME_KEYS = ("trainer.resume", "hydra.run.dir")
@@ -26,18 +27,48 @@ def _duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
+def _yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text()) if path.is_file() else None
+
+
 def resume_command(run_dir: Path, extra: tuple[str, ...] = ()) -> str:
     """The command that continues this run in its own folder from its ``last.pt``.
 
     The run's own overrides (``.hydra/overrides.yaml``) come first, so it composes the same
-    config; ``extra`` (e.g. ``trainer.epochs=MORE``) replaces any of the same key.
+    config; ``extra`` (e.g. ``trainer.epochs=MORE``) replaces any of the same key. A run made on
+    SLURM resumes there: through the submitit launcher it came from (same launcher settings, same
+    folder), or with ``srun`` on as many nodes; a plain command would fail outside the job
+    (``dist.rdzv_endpoint=slurm``) or, for one node, train on the login node.
     """
-    path = run_dir / ".hydra" / "overrides.yaml"
-    saved = [str(o) for o in (yaml.safe_load(path.read_text()) or [])] if path.is_file() else []
+    saved = [str(o) for o in (_yaml(run_dir / ".hydra" / "overrides.yaml") or [])]
     drop = {*_RESUME_KEYS, *(override_key(o) for o in extra)}
-    args = [o for o in saved if override_key(o) not in drop]
-    args += [*extra, f"hydra.run.dir={run_dir}", "trainer.resume=auto"]
-    return " ".join(["python -m densenet_exp", *(shlex.quote(a) for a in args)])
+    args = [o for o in saved if override_key(o) not in drop] + list(extra)
+    hydra_node = (_yaml(run_dir / ".hydra" / "hydra.yaml") or {}).get("hydra", {})
+    launcher = [
+        str(o)
+        for o in (hydra_node.get("overrides", {}).get("hydra") or [])
+        if override_key(str(o)).startswith(("hydra/launcher", "hydra.launcher."))
+    ]
+    if any("submitit_slurm" in o for o in launcher):
+        args = [
+            "-m",
+            *launcher,
+            *args,
+            f"hydra.sweep.dir={run_dir.parent}",
+            f"hydra.sweep.subdir='{run_dir.name}'",  # quoted for Hydra: names hold = and ,
+            "trainer.resume=auto",
+        ]
+        return _command("python -m densenet_exp", args)
+    args += [f"hydra.run.dir={run_dir}", "trainer.resume=auto"]
+    nodes = next((override_value(o) for o in saved if override_key(o) == "dist.nnodes"), "1")
+    # the block is printed inside the job: SLURM's variables say where the run trained
+    if "dist.rdzv_endpoint=slurm" in saved or os.environ.get("SLURM_JOB_ID"):
+        return _command(f"srun --nodes={nodes} --ntasks-per-node=1 python -m densenet_exp", args)
+    return _command("python -m densenet_exp", args)
+
+
+def _command(program: str, args: list[str]) -> str:
+    return " ".join([program, *(shlex.quote(a) for a in args)])
 
 
 def closing_block(run_dir: Path, summary: dict[str, Any]) -> str:
