@@ -40,6 +40,7 @@ def train(cfg: Any, run_dir: str | Path | None = None) -> dict[str, Any]:
     if run_dir is None:
         raise ValueError("train(cfg) needs run_dir when called outside a Hydra app")
     run_dir = run_dir.resolve()
+    _resume_when_requeued(cfg.trainer)
     finished = _finished_already(cfg.trainer, run_dir)
     if finished is not None:
         return finished
@@ -53,6 +54,20 @@ def train(cfg: Any, run_dir: str | Path | None = None) -> dict[str, Any]:
         return run_rank(cfg, str(run_dir))
     _prepare_data_once(cfg.data)
     return du.launch(spawned_rank, (cfg, str(run_dir)), cfg.dist, nproc, device)
+
+
+def _resume_when_requeued(trainer: Any) -> None:
+    """A job SLURM requeued (preempted, or timed out and checkpointed by submitit) runs its
+    command again: it continues from its own last checkpoint, never over it from scratch."""
+    import logging
+    import os
+
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    if restarts > 0 and not trainer.resume:
+        trainer.resume = "auto"
+        logging.getLogger("densenet_exp").info(
+            "SLURM requeued this job (restart %d): resuming from its last checkpoint", restarts
+        )
 
 
 def _finished_already(trainer: Any, run_dir: Path) -> dict[str, Any] | None:

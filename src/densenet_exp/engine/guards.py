@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 import threading
 from pathlib import Path
@@ -26,8 +27,32 @@ class TrainingInterrupted(RuntimeError):
     """SIGTERM/SIGINT: the current step finished and ``last.pt`` was written."""
 
 
+def preemption_signal() -> signal.Signals | None:
+    """The signal submitit's jobs get before a time limit or a preemption (USR2 unless
+    ``SUBMITIT_PREEMPT_SIGNAL`` says otherwise), when this process runs under submitit."""
+    if not os.environ.get("SUBMITIT_EXECUTOR"):
+        return None
+    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").removeprefix("SIG")
+    return getattr(signal, f"SIG{name}", None)
+
+
+# (signal, the handler our stop replaced) to run once the run is saved: submitit's own, which
+# checkpoints the job's submission and requeues it (``hand_over_preemption``)
+_handover: list[tuple[int, Any]] = []
+
+
+def hand_over_preemption() -> None:
+    """After a preemption signal stopped the run and its files are written: hand the signal to
+    the handler it would have reached (submitit's requeue, which exits the process)."""
+    while _handover:
+        signum, handler = _handover.pop()
+        if callable(handler):
+            handler(signum, None)
+
+
 class StopSignal:
-    """First SIGTERM/SIGINT: ask the loop to stop after this step. Second: default action (exit)."""
+    """First SIGTERM/SIGINT (or submitit's preemption signal): ask the loop to stop after this
+    step. Second: what the signal did before (exit, or submitit's requeue)."""
 
     def __init__(self) -> None:
         self.received: str | None = None
@@ -35,13 +60,16 @@ class StopSignal:
 
     def __enter__(self) -> StopSignal:
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            preempt = preemption_signal()
+            for sig in (signal.SIGTERM, signal.SIGINT, *([preempt] if preempt else [])):
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.received = signal.Signals(signum).name
         log.warning("%s: stopping after this step (send it again to stop at once)", self.received)
+        if signum == preemption_signal():
+            _handover.append((signum, self._previous.get(signum)))
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 

@@ -15,7 +15,7 @@ from ..closing import closing_block
 from ..config import Config, to_typed
 from ..metrics import SUMMARY_FILE, RunSummary, Status
 from ..process import configure_rank
-from .guards import TrainingInterrupted
+from .guards import TrainingInterrupted, hand_over_preemption
 from .helpers import setup_logging
 from .loop import fit
 
@@ -53,6 +53,7 @@ def run_rank(cfg: Config | Any, run_dir: str) -> dict[str, Any]:
         record = ended.to_dict()
         _write_summary(run_path, ctx, record)
         _closing_block(run_path, ctx, record)
+        hand_over_preemption()  # under submitit: its requeue, now that last.pt is written
     return summary
 
 
