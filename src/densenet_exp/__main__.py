@@ -56,6 +56,17 @@ def _job_dirname(sweep_dir: str | None, task_overrides: Any, sweeper_params: Any
 
 
 OmegaConf.register_new_resolver("densenet_exp.dirname", _job_dirname, replace=True)
+def _sqlite_url(path: str) -> str:
+    """``sqlite:///ABS/PATH`` for a database file, its folder made: SQLite makes the file, not
+    the folders, and an Optuna study is opened before Hydra makes any sweep folder."""
+    from pathlib import Path
+
+    file = Path(path).expanduser().resolve()
+    file.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{file}"
+
+
+OmegaConf.register_new_resolver("densenet_exp.sqlite", _sqlite_url, replace=True)
 # ``runs extend`` numbers the jobs it adds after the sweep's: hydra.job.num + an offset
 OmegaConf.register_new_resolver("densenet_exp.add", lambda a, b: int(a) + int(b), replace=True)
 # conf/config.yaml's hydra.job.config.override_dirname.exclude_keys, from the same list
@@ -77,11 +88,13 @@ def _share_cores_with_parallel_jobs() -> None:
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | None:
     """Train; return best val top-1 so sweepers (Optuna) can maximise it.
 
-    In a multirun a failing job is recorded (metrics.json says failed) and returns NaN, so the
-    other jobs still run; the sweep-summary callback then exits non-zero.
+    In a multirun a failing job is recorded (metrics.json says failed) and returns None, no
+    objective at all (Optuna records a failed trial; NaN would be told as a value, which Optuna
+    2.10 refuses mid-search), so the other jobs still run; the sweep-summary callback then exits
+    non-zero.
     """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -95,9 +108,9 @@ def main(cfg: DictConfig) -> float:
         if not multirun:
             raise
         log.error("job failed: %s: %s", type(e).__name__, e)
-        return float("nan")
+        return None
     best = (summary or {}).get("best_val_top1")
-    return float(best) if best is not None else float("nan")
+    return float(best) if best is not None else None
 
 
 if __name__ == "__main__":
