@@ -237,6 +237,8 @@ def test_a_planned_look_is_tested_at_the_level_the_plan_spends_there(tmp_path):
     assert row.look == 2 and row.n == 2 and row.test == "Welch t (2 vs 2 seeds)"
     with pytest.raises(ValueError, match="plan compares against act=relu, not act=swish"):
         compare(configurations(find_runs(tmp_path)), "act=swish", None, plan)
+    with pytest.raises(ValueError, match=r"plan fixed the min effect at 0\.005, not 0\.01"):
+        compare(configurations(find_runs(tmp_path)), None, Options(min_effect=0.01), plan)
 
 
 def test_the_baseline_is_the_default_choice_unless_one_is_named(tmp_path, capsys):

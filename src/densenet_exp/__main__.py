@@ -56,6 +56,8 @@ def _job_dirname(sweep_dir: str | None, task_overrides: Any, sweeper_params: Any
 
 
 OmegaConf.register_new_resolver("densenet_exp.dirname", _job_dirname, replace=True)
+
+
 def _sqlite_url(path: str) -> str:
     """``sqlite:///ABS/PATH`` for a database file, its folder made: SQLite makes the file, not
     the folders, and an Optuna study is opened before Hydra makes any sweep folder."""

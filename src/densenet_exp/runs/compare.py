@@ -193,6 +193,10 @@ def compare(
         options = replace(options, alpha=plan.alpha, pooled=plan.pooled, images=plan.images)
     if plan is not None and baseline not in (None, plan.baseline):
         raise ValueError(f"this sweep's plan compares against {plan.baseline}, not {baseline}")
+    if plan is not None and options.min_effect not in (None, plan.min_effect):
+        raise ValueError(
+            f"this sweep's plan fixed the min effect at {plan.min_effect}, not {options.min_effect}"
+        )
     base = mark_baseline(configs, baseline or (plan.baseline if plan else None))
     if base is None:
         return []
