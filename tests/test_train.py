@@ -115,6 +115,29 @@ def test_resume_from_a_different_architecture_names_the_keys(tmp_path):
         train(cfg, run)
 
 
+def test_a_run_that_ends_diverged_fails_and_saves_no_diverged_checkpoint(tmp_path):
+    """Two ranks, lr=1e12: the losses turn NaN before max_nonfinite_steps counts to its limit.
+    The run used to complete with a NaN final val loss and a NaN model as last.pt and best.pt."""
+    run = tmp_path / "run"
+    cfg = compose_cfg(
+        [
+            *TINY,
+            "optim.lr=1e12",
+            "trainer.epochs=2",
+            "trainer.max_nonfinite_steps=100",
+            "dist.nproc_per_node=2",
+        ]
+    )
+    with pytest.raises(RuntimeError, match="training ended with a diverged model"):
+        train(cfg, run)
+    assert json.loads((run / "metrics.json").read_text())["status"] == "failed"
+    for ckpt in (run / "checkpoints").glob("*.pt") if (run / "checkpoints").exists() else []:
+        state = torch.load(ckpt, weights_only=True)
+        assert all(torch.isfinite(v).all() for v in state["model"].values()), ckpt
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows and not any(r.get("best") for r in rows)
+
+
 def test_non_finite_loss_stops_with_the_step_and_keeps_best(tmp_path):
     run = tmp_path / "run"
     train(compose_cfg(TINY), run)

@@ -123,3 +123,31 @@ class LossGuard:
     @property
     def healthy(self) -> bool:
         return self.streak == 0
+
+    def healthy_on_all(self, ctx: du.DistContext, model: torch.nn.Module | None = None) -> bool:
+        """Whether no rank's latest loss was non-finite, nor ``model``'s weights (a step with a
+        finite loss can still leave inf weights behind); every rank gets the same answer."""
+        bad = torch.tensor([0.0 if self.healthy else 1.0], device=ctx.device)
+        if model is not None:
+            for p in model.parameters():
+                bad += (~torch.isfinite(p.detach())).any()
+        if ctx.distributed:
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+        healthy = bad.item() == 0.0
+        if not healthy:
+            self.streak = max(self.streak, 1)  # remembered for check_final
+        return healthy
+
+    def check_final(self, val_loss: float | None, step: int, ctx: du.DistContext) -> None:
+        """Training ended with a diverged model (its last losses, or its final evaluation's, not
+        finite): the run failed, whatever ``limit`` had not yet counted."""
+        healthy = self.healthy_on_all(ctx)
+        if healthy and (val_loss is None or math.isfinite(val_loss)):
+            return
+        last = self.ckpt_dir / "last.pt"
+        raise NonFiniteLossError(
+            f"training ended with a diverged model at step {step} (final val loss {val_loss}; "
+            "non-finite training losses or weights); last good checkpoint: "
+            f"{last if last.is_file() else 'none written yet'}. Lower optim.lr, enable "
+            "trainer.grad_clip, or use a loss-scaled amp level."
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -35,13 +36,17 @@ def fit(cfg: Config, run_dir: Path, ctx: du.DistContext) -> dict[str, Any]:
             result = train_one_epoch(t, epoch)
             t.train_time += time.perf_counter() - t_epoch
             t.images += result.images
+            # a model whose last losses were NaN is no checkpoint (agreed: saving is collective)
+            healthy = t.guard.healthy_on_all(ctx, c.model)
             if (epoch + 1) % eval_every == 0 or result.reached_max_steps or epoch == epochs - 1:
-                last_eval = validate(t, epoch, result)
+                last_eval = validate(t, epoch, result, healthy)
                 if last_eval["best"]:
                     t.saver.save(st, epoch + 1, 0, "best.pt")
-            t.saver.save(st, epoch + 1, 0, "last.pt")
+            if healthy:
+                t.saver.save(st, epoch + 1, 0, "last.pt")
             if result.reached_max_steps:
                 break
+        t.guard.check_final(last_eval.get("val_loss"), st.global_step, ctx)
     summary = RunSummary(
         status=Status.completed.value,
         best_val_top1=st.best_top1 if st.best_top1 >= 0 else None,
@@ -68,7 +73,7 @@ def _last_evaluation(run_dir: Path) -> dict[str, Any]:
     return json.loads(rows[-1]) if rows else {}
 
 
-def validate(t: Trainer, epoch: int, result: EpochResult) -> dict[str, Any]:
+def validate(t: Trainer, epoch: int, result: EpochResult, healthy: bool = True) -> dict[str, Any]:
     """Evaluate, keep the best, and record the evaluation (every rank; rank 0 writes)."""
     c, st, ctx = t.c, t.st, t.ctx
     if not t.cfg.sync_bn:
@@ -76,7 +81,8 @@ def validate(t: Trainer, epoch: int, result: EpochResult) -> dict[str, Any]:
     model = c.ema.module if c.ema is not None else t.ddp_model
     sink = PredictionSink()
     metrics = evaluate(model, c.val, c.precision, c.channels_last, sink)
-    best = metrics["val_top1"] > st.best_top1
+    # a diverging model (NaN losses) is never "best", whatever its top-1 happens to be
+    best = metrics["val_top1"] > st.best_top1 and healthy and math.isfinite(metrics["val_loss"])
     if best:
         st.best_top1, st.best_epoch = metrics["val_top1"], epoch
     steps = max(1, result.loss_count * ctx.world_size)
