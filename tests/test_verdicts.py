@@ -311,3 +311,16 @@ def test_the_planned_seed_sd_is_an_upper_bound_the_truth_exceeds_a_fifth_of_the_
     exceeded = float(np.mean(np.array(upper) < 0.02))
     truth = 1 - power.PLAN_CONFIDENCE  # chi-square: P(truth above the bound) exactly
     assert exceeded == pytest.approx(truth, abs=tolerance(truth, reps))
+
+
+def test_many_seeds_point_to_a_larger_validation_set_when_image_disagreement_dominates():
+    # two seeds disagreeing on 8% of 400 images: top-1 spread of at least sqrt(0.08 / 800) = 0.01
+    floor = power.image_floor(0.08, 400)
+    assert floor == pytest.approx(math.sqrt(0.08 / 800))
+    needed = power.seeds_needed(0.012, 0.004, ALPHA / 2)
+    assert needed > power.MANY_SEEDS
+    said = power.advice(needed, 3, 0.012, floor, 0.004)
+    assert said.startswith(f"about {needed} seeds each") and "larger validation set" in said
+    # the same count when the spread is mostly run to run: more seeds, no word of images
+    assert "validation set" not in power.advice(needed, 3, 0.012, 0.004, 0.004)
+    assert power.advice(None, 3, 0.012, floor, 0.004).startswith("no feasible number")
