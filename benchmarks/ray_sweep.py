@@ -22,22 +22,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "data=synthetic",
-    "data.image_size=8",
-    "data.batch_size=8",
-    "data.synthetic_train_size=32",
-    "data.synthetic_val_size=13",
-    "data.synthetic_classes=3",
-    "model.growth_rate=4",
-    "model.block_config=[2,2]",
-    "model.num_init_features=8",
-    "trainer.epochs=1",
-    "trainer.progress=false",
-    "trainer.device=cpu",
+sys.path.insert(0, str(ROOT / "tests"))
+from conftest import TINY  # noqa: E402 - the suite's tiny job: a run takes about a second
+
+SWEEP = [
+    "act=relu,swish",
+    "dist.nproc_per_node=1,2",
     "trainer.deterministic=true",
-]
-SWEEP = ["act=relu,swish", "dist.nproc_per_node=1,2"]  # 4 jobs, two of them with 2 ranks
+]  # 4 jobs, two of them with 2 ranks
 
 
 def sweep(python: str, out: Path, launcher: list[str]) -> float:
