@@ -185,15 +185,3 @@ def disagreement(correct: np.ndarray) -> float:
     if not pairs:
         return math.nan
     return float(np.mean([np.mean(c[i] != c[j]) for i, j in pairs]))
-
-
-def holm(p_values: list[float]) -> list[float]:
-    """Holm-adjusted p-values, in the input order (step-down, monotone, capped at 1)."""
-    m = len(p_values)
-    order = sorted(range(m), key=lambda i: p_values[i])
-    adjusted = [1.0] * m
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p_values[i]))
-        adjusted[i] = running
-    return adjusted

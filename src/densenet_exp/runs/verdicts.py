@@ -59,7 +59,11 @@ def _read(low: float, high: float, min_effect: float, up: bool, down: bool) -> V
 
 
 def holm_decisions(tests: list[TTest], alpha: float, min_effect: float) -> list[Decision]:
-    """Verdicts and compatible simultaneous intervals for a family of comparisons, one look."""
+    """Verdicts and compatible simultaneous intervals for a family of comparisons, one look.
+
+    Written here: statsmodels' ``multipletests(method="holm")`` adjusts p-values but draws no
+    compatible bounds, and would bring statsmodels and pandas in for the dozen lines of the rule.
+    """
     family = [(i, +1, t.p_greater()) for i, t in enumerate(tests)]
     family += [(i, -1, t.p_less()) for i, t in enumerate(tests)]
     k = len(family)
