@@ -236,7 +236,8 @@ def scancel(args: list[str]) -> int:
         task = json.loads(_task_file(job, index).read_text())
         if sig:  # to the tasks srun started, as `scancel --signal` does
             for pid in task.get("pids", []):
-                os.kill(pid, getattr(signal, f"SIG{sig.removeprefix('SIG')}"))
+                with contextlib.suppress(ProcessLookupError):  # a task that has ended
+                    os.kill(pid, getattr(signal, f"SIG{sig.removeprefix('SIG')}"))
         else:
             _save(_task_file(job, index), {**task, "state": "CANCELLED"})
             _signal_group(task, signal.SIGKILL)

@@ -110,11 +110,15 @@ LONG = [
 ]
 
 
+@pytest.mark.parametrize("ranks", [1, 2])
 def test_a_job_signalled_before_its_time_limit_is_requeued_and_ends_as_if_never_stopped(
-    slurm, tmp_path
+    slurm, tmp_path, ranks
 ):
+    """One rank trains in submitit's task itself; two are spawned by it, and the task passes the
+    signal on and lets submitit requeue only once they have checkpointed."""
     out = tmp_path / "sweep"
-    proc = sweep(slurm, [*LONG, f"hydra.sweep.dir={out}"])
+    args = [*LONG, f"dist.nproc_per_node={ranks}"]
+    proc = sweep(slurm, [*args, f"hydra.sweep.dir={out}"])
     run = None
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -137,7 +141,7 @@ def test_a_job_signalled_before_its_time_limit_is_requeued_and_ends_as_if_never_
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        train(compose_cfg(LONG), straight)
+        train(compose_cfg(args), straight)
     finally:
         torch.set_num_threads(threads)
     a = torch.load(straight / "checkpoints" / "last.pt", weights_only=True)

@@ -53,7 +53,10 @@ def train(cfg: Any, run_dir: str | Path | None = None) -> dict[str, Any]:
     if du.under_external_launcher() or (nproc == 1 and cfg.dist.nnodes == 1):
         return run_rank(cfg, str(run_dir))
     _prepare_data_once(cfg.data)
-    return du.launch(spawned_rank, (cfg, str(run_dir)), cfg.dist, nproc, device)
+    from .engine.guards import RelayPreemption
+
+    with RelayPreemption():  # under submitit: its requeue, once the ranks have checkpointed
+        return du.launch(spawned_rank, (cfg, str(run_dir)), cfg.dist, nproc, device)
 
 
 def _resume_when_requeued(trainer: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -68,10 +69,14 @@ class StopSignal:
     def _handle(self, signum: int, frame: Any) -> None:
         self.received = signal.Signals(signum).name
         log.warning("%s: stopping after this step (send it again to stop at once)", self.received)
-        if signum == preemption_signal():
+        preempt = preemption_signal()
+        if signum == preempt:
             _handover.append((signum, self._previous.get(signum)))
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            # a rank can get the preemption signal twice (from SLURM and relayed by its
+            # launcher): with no handler of its own before, the second must not kill it
+            keep = sig == preempt and not callable(handler)
+            signal.signal(sig, signal.SIG_IGN if keep else handler)
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():
@@ -93,6 +98,57 @@ class StopSignal:
             f"{self.received or 'a signal on another rank'}: stopped at step {step} (epoch "
             f"{epoch}) after writing {ckpt_dir / 'last.pt'}; continue with trainer.resume=auto"
         )
+
+
+class RelayPreemption:
+    """Around launching ranks inside a submitit task: the preemption signal goes on to the ranks
+    (which stop at a checkpoint, see ``StopSignal``), and submitit's own handler (checkpoint the
+    submission, requeue, exit) runs only once they have stopped."""
+
+    def __init__(self) -> None:
+        self.signal = preemption_signal()
+        self.previous: Any = None
+        self.received = False
+
+    def __enter__(self) -> RelayPreemption:
+        if self.signal is not None and threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(self.signal, self._relay)
+        else:
+            self.signal = None
+        return self
+
+    def _relay(self, signum: int, frame: Any) -> None:
+        if self.received:
+            return
+        self.received = True
+        log.warning("%s: passing it on to the ranks, then requeueing", signal.Signals(signum).name)
+        for pid in _spawned_ranks():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.signal is None:
+            return
+        signal.signal(self.signal, self.previous)
+        if self.received and callable(self.previous):
+            # the requeue ends this job with SIGTERM: this process is done, let it finish
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            self.previous(self.signal, None)
+
+
+def _spawned_ranks() -> list[int]:
+    """The rank processes this process started (torch elastic spawns them with multiprocessing's
+    spawn: ``spawn_main`` on their command line), from Linux's /proc."""
+    pids = []
+    for children in Path("/proc/self/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            pids += [int(p) for p in children.read_text().split()]
+    ranks = []
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                ranks.append(pid)
+    return ranks
 
 
 class LossGuard:
