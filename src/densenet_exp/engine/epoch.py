@@ -39,9 +39,6 @@ def train_one_epoch(t: Trainer, epoch: int) -> EpochResult:
     t.ddp_model.train()
     c.precision.zero_grad(c.optimizer, c.model)
     for batch in _progress(c.train.epoch(epoch, skip), len(c.train), epoch, tr, ctx):
-        if micro % c.accum == 0 and tr.max_steps is not None and st.global_step >= tr.max_steps:
-            reached_max_steps = True  # resumed at max_steps: not one step past it
-            break
         micro += 1
         last_micro = micro % c.accum == 0
         with t.ddp_model.no_sync() if ctx.distributed and not last_micro else nullcontext():

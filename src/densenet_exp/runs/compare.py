@@ -181,6 +181,11 @@ def _plan_seeds(row: Comparison, options: Options, family: int, pool: tuple[floa
     row.advice = power.advice(row.seeds_needed, have, planned, floor, row.min_effect)
 
 
+def default_min_effect(base: Configuration) -> float:
+    """A tenth of the baseline's errors (1 - its mean final top-1 over seeds)."""
+    return 0.1 * (1.0 - float(top1(base.ok).mean())) if base.ok else math.nan
+
+
 def compare(
     configs: list[Configuration],
     baseline: str | None = None,
@@ -202,7 +207,7 @@ def compare(
         return []
     d = plan.min_effect if plan else options.min_effect
     if d is None:
-        d = 0.1 * (1.0 - float(top1(base.ok).mean())) if base.ok else math.nan
+        d = default_min_effect(base)
     pool = _pool([c.ok for c in configs]) if options.pooled else (math.nan, 0)
     rows = [Comparison(c, base, min_effect=d) for c in configs if c is not base]
     runnable = [r for r in rows if r.config.ok and base.ok]

@@ -14,12 +14,11 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ..overrides import override_key, sweep_record
-from .compare import Options, compare, seeded, top1
+from .compare import Options, compare, default_min_effect, seeded
 from .configs import Configuration, configurations, mark_baseline
 from .plan import Plan, load_plan, save_plan
 from .records import find_runs
@@ -45,7 +44,7 @@ def _new_plan(
         raise ValueError(f"no finished run in {', '.join(empty)}: rerun the sweep first")
     looks = doubling_looks(first, max_seeds if max_seeds is not None else max(8, 4 * first))
     if min_effect is None:
-        min_effect = 0.1 * (1.0 - float(top1(base.ok).mean()))
+        min_effect = default_min_effect(base)
     return Plan(
         looks,
         float(min_effect),
@@ -167,7 +166,6 @@ def extend(
         save_plan(sweep, plan)
     else:
         _check_same(plan, max_seeds, min_effect)
-    options = replace(options, pooled=plan.pooled, images=plan.images)
     while not plan.final:
         rows = compare(configs, None, options, plan)
         open_ = [r.config for r in rows if r.verdict in (Verdict.undecided, Verdict.not_tested)]
