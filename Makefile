@@ -12,6 +12,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev,sweep]"
 	touch $(STAMP)
 
+# the tests also read runs back through MLflow: its extra, which `make run` does not need
+TEST_STAMP := $(VENV)/.installed-test-stamp
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev,sweep,mlflow]"
+	touch $(TEST_STAMP)
+
 run: $(STAMP)
 	$(PY) -m densenet_exp $(ARGS)
 
@@ -20,7 +26,7 @@ run: $(STAMP)
 # workers each running torch's 2-thread pool would fight over the 2 cores (measured: slower than
 # one worker). TEST_ARGS adds pytest options, e.g. TEST_ARGS="-n 0 -k sweep".
 TEST_ARGS ?=
-test: $(STAMP)
+test: $(TEST_STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile $(TEST_ARGS) tests
 
 lint: $(STAMP)

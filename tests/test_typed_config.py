@@ -26,7 +26,7 @@ from densenet_exp.engine import rank as rank_module
 def test_the_ranks_receive_the_schema_dataclasses_not_dicts(tmp_path, monkeypatch):
     seen = []
 
-    def fake_fit(cfg, run_dir, ctx):
+    def fake_fit(cfg, run_dir, ctx, tracked=None):
         seen.append(cfg)
         return {"status": "completed", "best_val_top1": None, "wall_s": 0.0, "img_per_s": 0.0}
 

@@ -34,6 +34,7 @@ def train(cfg: Any, run_dir: str | Path | None = None) -> dict[str, Any]:
     from .data import check_decode
     from .engine import run_rank, spawned_rank
     from .models import check_model_config
+    from .tracking import check_settings
 
     cfg = to_typed(cfg)
     run_dir = Path(run_dir) if run_dir is not None else _run_dir_from_hydra()
@@ -46,6 +47,7 @@ def train(cfg: Any, run_dir: str | Path | None = None) -> dict[str, Any]:
         return finished
     # the config's cross-key checks, once, where it enters: before any rank starts or data is read
     check_model_config(cfg.model)
+    check_settings(cfg.logger.mlflow)
     _check_writable(run_dir)
     device = du.resolve_device(cfg.trainer.device)
     check_decode(cfg.data, device)

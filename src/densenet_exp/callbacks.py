@@ -18,8 +18,19 @@ class SweepSummary(Callback):
     """On ``on_multirun_end``: write summary.* and compare.*, and fail the sweep if a job failed.
 
     Jobs catch their own errors in multirun (so one failure does not stop an ablation), which means
-    the sweep's exit status has to come from here.
+    the sweep's exit status has to come from here. With ``logger=mlflow``, the sweep's MLflow
+    parent run is opened before the first job and gets the summary and comparison at the end.
     """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """The sweep's MLflow experiment and parent run, before any job (``tracking``)."""
+        from .config import MlflowLogger, node
+        from .tracking import open_sweep
+
+        settings = node(MlflowLogger, config.logger.mlflow, "logger.mlflow")
+        if settings.enabled:
+            overrides = [str(o) for o in config.hydra.overrides.task]
+            open_sweep(settings, Path(config.hydra.sweep.dir), overrides)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Summarize ``hydra.sweep.dir``; exit 1 naming the failed jobs, if any."""
@@ -35,6 +46,9 @@ class SweepSummary(Callback):
         if comparisons:
             log.info("comparison with the baseline (%s):\n%s", sweep_dir / "compare.md", text)
         failed = [r["job"] for r in rows if r["status"] != Status.ok]
+        from .tracking import log_sweep
+
+        log_sweep(sweep_dir, comparisons, len(failed))
         if failed:
             # SystemExit, not an exception: Hydra turns callback exceptions into warnings
             raise SystemExit(

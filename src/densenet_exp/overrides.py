@@ -33,7 +33,14 @@ NOT_CONFIGURATION = (
     "dist.rdzv_id",
     "dist.backend",
     "dist.timeout_s",
+    "logger",  # the whole node: where the run was logged to
 )
+
+
+def is_configuration_key(key: str) -> bool:
+    """Whether a key (``model.growth_rate``, ``logger.mlflow.enabled``) says what a run trains:
+    not one of ``NOT_CONFIGURATION`` nor inside one of them."""
+    return not any(key == k or key.startswith(f"{k}.") for k in NOT_CONFIGURATION)
 
 
 def override_key(override: str) -> str:

@@ -43,6 +43,7 @@ from .parse import (
     parse_loss_scale,
 )
 from .schema import (
+    LIST_GROUPS,
     NODE_GROUPS,
     PRESET_GROUPS,
     ActConfig,
@@ -52,6 +53,8 @@ from .schema import (
     DataConfig,
     DistConfig,
     InitConfig,
+    LoggerConfig,
+    MlflowLogger,
     ModelConfig,
     NormConfig,
     OptimConfig,
@@ -62,6 +65,7 @@ from .schema import (
 )
 
 __all__ = [
+    "LIST_GROUPS",
     "NODE_GROUPS",
     "PRESET_GROUPS",
     "ActConfig",
@@ -88,7 +92,9 @@ __all__ = [
     "InitDistribution",
     "InitMode",
     "InitName",
+    "LoggerConfig",
     "LossName",
+    "MlflowLogger",
     "ModelConfig",
     "NormConfig",
     "NormType",

@@ -224,6 +224,30 @@ class DistConfig:
 
 
 @dataclass
+class TensorBoardLogger:
+    enabled: bool = True  # set by the ``logger`` group: logger=tensorboard (the default)
+
+
+@dataclass
+class MlflowLogger:
+    enabled: bool = False  # set by the ``logger`` group: logger=mlflow, logger=[tensorboard,mlflow]
+    # null: sqlite:///<the launch folder>/outputs/mlflow.db; any MLflow URI (a server: http://...)
+    tracking_uri: Optional[str] = None
+    # null: the sweep's folder for a sweep's jobs (one experiment per sweep), else "densenet_exp"
+    experiment_name: Optional[str] = None
+    log_checkpoints: bool = False  # also upload checkpoints/{last,best}.pt as artifacts
+
+
+@dataclass
+class LoggerConfig:
+    """Where a run's metrics go besides its own folder (rank 0 only). The ``logger`` group turns
+    them on: ``logger=mlflow``, ``logger=none``, ``logger=[tensorboard,mlflow]``."""
+
+    tensorboard: TensorBoardLogger = field(default_factory=TensorBoardLogger)
+    mlflow: MlflowLogger = field(default_factory=MlflowLogger)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     conv: ConvConfig = field(default_factory=ConvConfig)
@@ -237,12 +261,16 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     dist: DistConfig = field(default_factory=DistConfig)
     sync_bn: bool = False
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
 # The nodes an option file of ``conf/<group>/`` sets whole (``trainer``, ``dist`` and ``sync_bn``
 # are set key by key), and the groups of presets that set several nodes and the sweep at once.
 NODE_GROUPS = ("model", "conv", "act", "norm", "amp", "init", "data", "optim", "sched")
 PRESET_GROUPS = ("experiment", "hparams_search")
+# Groups whose options are picked several at once (``logger=[tensorboard,mlflow]``); each option
+# turns its own part of the node on.
+LIST_GROUPS = ("logger",)
 
 
 def register_configs() -> None:

@@ -11,6 +11,7 @@ from typing import Any
 from .. import distributed as du
 from ..config import Config
 from ..metrics import HISTORY_FILE, EpochRow, RunSummary, Status
+from ..tracking import MlflowRun
 from ..val_predictions import PredictionSink
 from .epoch import EpochResult, train_one_epoch
 from .evaluate import evaluate
@@ -19,11 +20,16 @@ from .helpers import peak_memory_mb, seed_everything
 from .trainer import Trainer
 
 
-def fit(cfg: Config, run_dir: Path, ctx: du.DistContext) -> dict[str, Any]:
-    """Train and evaluate for ``trainer.epochs``; returns the summary written to metrics.json."""
+def fit(
+    cfg: Config, run_dir: Path, ctx: du.DistContext, tracked: MlflowRun | None = None
+) -> dict[str, Any]:
+    """Train and evaluate for ``trainer.epochs``; returns the summary written to metrics.json.
+
+    ``tracked``: rank 0's MLflow run, if any, which the record logs each step and evaluation to.
+    """
     with StopSignal() as stop_signal:  # from the start: a preempted set-up stops cleanly too
         seed_everything(cfg.trainer.seed + ctx.rank, cfg.trainer.deterministic)
-        t = Trainer(cfg, run_dir, ctx, stop_signal)
+        t = Trainer(cfg, run_dir, ctx, stop_signal, tracked)
         c, st, epochs = t.c, t.st, cfg.trainer.epochs
         eval_every = max(1, cfg.trainer.eval_every)
         last_eval: dict[str, Any] = {}

@@ -15,6 +15,7 @@ from ..closing import closing_block
 from ..config import Config, to_typed
 from ..metrics import SUMMARY_FILE, RunSummary, Status
 from ..process import configure_rank
+from ..tracking import open_run
 from .guards import TrainingInterrupted, hand_over_preemption
 from .helpers import setup_logging
 from .loop import fit
@@ -30,8 +31,9 @@ def run_rank(cfg: Config | Any, run_dir: str) -> dict[str, Any]:
     configure_rank(ctx.local_world_size, ctx.device, compile=cfg.trainer.compile)
     setup_logging(run_path, ctx.rank)
     t0 = time.perf_counter()
+    tracked = open_run(cfg, run_path) if ctx.is_main else None  # MLflow, when it is on
     try:
-        summary = fit(cfg, run_path, ctx)
+        summary = fit(cfg, run_path, ctx, tracked)
         ended = RunSummary(**summary)
     except (KeyboardInterrupt, TrainingInterrupted) as e:
         log.warning("interrupted: %s", e or "KeyboardInterrupt")
@@ -52,6 +54,8 @@ def run_rank(cfg: Config | Any, run_dir: str) -> dict[str, Any]:
             ended.wall_s = time.perf_counter() - t0
         record = ended.to_dict()
         _write_summary(run_path, ctx, record)
+        if tracked is not None:
+            tracked.end(record)
         _closing_block(run_path, ctx, record)
         hand_over_preemption()  # under submitit: its requeue, now that last.pt is written
     return summary

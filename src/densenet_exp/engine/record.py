@@ -1,4 +1,5 @@
-"""What rank 0 records as a run goes: the log lines, metrics.jsonl, TensorBoard, predictions."""
+"""What rank 0 records as a run goes: the log lines, metrics.jsonl, predictions, and the loggers
+the ``logger`` group turns on (TensorBoard here; MLflow in ``tracking``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from .. import val_predictions
 from ..config import Config
 from ..metrics import HISTORY_FILE, EpochRow
 from ..models import implementation_of
+from ..tracking import MlflowRun
 from .build import Components
 
 log = logging.getLogger("densenet_exp")
@@ -21,9 +23,18 @@ log = logging.getLogger("densenet_exp")
 class RunLog:
     """The run's records. Every rank holds one; only rank 0's writes anything."""
 
-    def __init__(self, run_dir: Path, ctx: du.DistContext, cfg: Config, c: Components):
+    def __init__(
+        self,
+        run_dir: Path,
+        ctx: du.DistContext,
+        cfg: Config,
+        c: Components,
+        tracked: MlflowRun | None = None,
+    ):
         self.run_dir, self.main, self.cfg, self.c = run_dir, ctx.is_main, cfg, c
-        self.writer = _tensorboard(run_dir) if self.main else None
+        use_tb = self.main and cfg.logger.tensorboard.enabled
+        self.writer = _tensorboard(run_dir) if use_tb else None
+        self.tracked = tracked
         self.val_names = val_predictions.image_names(c.bundle.val)
         if self.main:
             self._start_line(ctx)
@@ -59,6 +70,8 @@ class RunLog:
         if self.writer is not None:
             self.writer.add_scalar("train/loss", loss, step)
             self.writer.add_scalar("train/lr", lr, step)
+        if self.tracked is not None:
+            self.tracked.step(step, loss)
 
     def evaluation(self, row: EpochRow, best: bool, predictions: dict[str, Any] | None) -> None:
         """One evaluation: its row, its TensorBoard scalars, its log line, its predictions."""
@@ -74,6 +87,8 @@ class RunLog:
         if self.writer is not None:
             for key in ("train_loss", "val_loss", "val_top1", "val_top5", "img_per_s"):
                 self.writer.add_scalar(f"epoch/{key}", getattr(row, key), row.step)
+        if self.tracked is not None:
+            self.tracked.evaluation(row)
         log.info(
             "epoch %d | train_loss %.4f | val_loss %.4f | top1 %.4f | top5 %.4f | "
             "%.0f img/s | %.0f MB%s",

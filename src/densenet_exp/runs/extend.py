@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..metrics import Status
 from ..overrides import override_key, sweep_record
+from ..tracking import log_sweep
 from .compare import Options, compare, default_min_effect, seeded
 from .configs import Configuration, configurations, mark_baseline
 from .plan import Plan, load_plan, save_plan
@@ -175,6 +177,7 @@ def extend(
         configs = configurations(find_runs(sweep))
         if once:
             break
-    write_summary(sweep, plot=plot)
-    write_compare([sweep], sweep, plot=plot, options=options)
+    jobs = write_summary(sweep, plot=plot)
+    rows, _ = write_compare([sweep], sweep, plot=plot, options=options)
+    log_sweep(sweep, rows, sum(j["status"] != Status.ok for j in jobs))
     return plan

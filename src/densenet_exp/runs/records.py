@@ -19,7 +19,7 @@ import yaml
 from .. import val_predictions
 from ..config import NODE_GROUPS
 from ..metrics import HISTORY_FILE, SUMMARY_FILE, SUMMARY_KEYS, RunSummary, Status
-from ..overrides import NOT_CONFIGURATION, override_key
+from ..overrides import is_configuration_key, override_key
 
 # the group choices a run table shows: every node group, and the preset a run was made from
 GROUPS = (*NODE_GROUPS, "experiment")
@@ -60,7 +60,7 @@ class Run:
     @property
     def config_overrides(self) -> list[str]:
         """The run's overrides less the seed's and the presets': what names its configuration."""
-        return [o for o in self.overrides if override_key(o) not in NOT_CONFIGURATION]
+        return [o for o in self.overrides if is_configuration_key(override_key(o))]
 
     @property
     def identity(self) -> str:
@@ -71,7 +71,7 @@ class Run:
         """
         if self.config:
             flat = flatten(self.config)
-            kept = {k: v for k, v in flat.items() if k not in NOT_CONFIGURATION}
+            kept = {k: v for k, v in flat.items() if is_configuration_key(k)}
             return json.dumps(kept, sort_keys=True, default=str)
         return json.dumps(sorted(self.config_overrides))
 
