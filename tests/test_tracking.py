@@ -16,6 +16,7 @@ from conftest import PYTHON, ROOT, TINY, compose_cfg
 from densenet_exp import train
 from densenet_exp.config import MlflowLogger, node
 from densenet_exp.engine import TrainingInterrupted
+from densenet_exp.overrides import is_configuration_key
 from densenet_exp.tracking import MlflowMissing, check_settings
 
 mlflow = pytest.importorskip("mlflow")  # the `mlflow` extra: `make test` installs it
@@ -68,6 +69,13 @@ def test_the_logger_group_turns_on_what_it_names_and_nothing_else(override, tens
     assert cfg.logger.mlflow.enabled is mlflow_on
 
 
+def test_how_a_run_was_logged_is_no_part_of_its_configuration():
+    assert not is_configuration_key("logger")  # logger=mlflow
+    assert not is_configuration_key("logger.mlflow.tracking_uri")
+    assert not is_configuration_key("trainer.seed")
+    assert is_configuration_key("loggers_x") and is_configuration_key("model.growth_rate")
+
+
 def test_mlflow_settings_with_mlflow_off_fail_before_any_work(tmp_path):
     cfg = compose_cfg([*TINY, f"logger.mlflow.tracking_uri={store(tmp_path)}"])
     with pytest.raises(ValueError, match=r"logger\.mlflow is set but MLflow is off.*logger=mlflow"):
@@ -82,27 +90,38 @@ def test_mlflow_missing_is_said_before_any_work_with_the_extra_to_install(monkey
         check_settings(node(MlflowLogger, {"enabled": True}))
 
 
-# -- one run, through the CLI ---------------------------------------------------------------------
+# -- a sweep through the CLI, whose jobs are the runs the tests below read ------------------------
 @pytest.fixture(scope="module")
-def cli_run(tmp_path_factory):
-    """One tiny run with both loggers, as a user starts it; the tests below only read it."""
+def sweep(tmp_path_factory):
+    """A 2-job sweep under the joblib launcher, 2 jobs at once writing one SQLite store, with
+    both loggers on, as a user starts it; the tests below only read it."""
     tmp = tmp_path_factory.mktemp("tracked")
-    uri, run_dir = store(tmp), tmp / "run"
+    uri, sweep = store(tmp), tmp / "sweep"
     args = [
+        "-m",
         *TINY,
         "trainer.epochs=3",
-        "act=swish",
+        "act=relu,swish",
         "trainer.log_every_n_steps=1",
         "logger=[tensorboard,mlflow]",
         f"logger.mlflow.tracking_uri={uri}",
-        f"hydra.run.dir={run_dir}",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        f"hydra.sweep.dir={sweep}",
     ]
     proc = subprocess.run(
         [PYTHON, "-m", "densenet_exp", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (run,) = runs_of(uri)
-    return uri, run_dir, run
+    return uri, sweep
+
+
+@pytest.fixture(scope="module")
+def cli_run(sweep):
+    """The sweep's act=swish job: (store, its folder, its MLflow run)."""
+    uri, sweep_dir = sweep
+    (run,) = [r for r in runs_of(uri) if r.info.run_name == "1_act=swish"]
+    return uri, sweep_dir / "1_act=swish", run
 
 
 def flat(node, prefix=""):
@@ -152,14 +171,11 @@ def test_tags_name_the_choices_configuration_seed_folder_and_commit(cli_run):
     label = tags["configuration"].split(",")
     assert "act=swish" in label and "trainer.epochs=3" in label
     assert not any(o.startswith(("logger", "trainer.log_every", "hydra")) for o in label)
-    assert tags["seed"] == "42" and tags["run_dir"] == str(run_dir)
+    assert tags["seed"] == "42" and tags["run_dir"] == str(run_dir) and tags["job"] == "1"
     assert run.info.run_name == run_dir.name
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     if commit.returncode == 0:
         assert tags["mlflow.source.git.commit"] == commit.stdout.strip()
-    assert run.info.experiment_id == (
-        MlflowClient(cli_run[0]).get_experiment_by_name("densenet_exp").experiment_id
-    )
 
 
 def test_artifacts_are_the_run_s_files_beside_the_database(cli_run, tmp_path):
@@ -172,7 +188,7 @@ def test_artifacts_are_the_run_s_files_beside_the_database(cli_run, tmp_path):
     assert {"config/config.yaml", "config/overrides.yaml", "config/hydra.yaml"} <= config
     got = client.download_artifacts(run.info.run_id, "metrics.json", str(tmp_path))
     assert json.loads(Path(got).read_text()) == json.loads((run_dir / "metrics.json").read_text())
-    db_folder = run_dir.parent / "db"
+    db_folder = run_dir.parent.parent / "db"
     assert run.info.artifact_uri.startswith((db_folder / "mlartifacts").as_uri())
     assert (run_dir / "tb").is_dir()  # both loggers ran
     assert json.loads((run_dir / "mlflow.json").read_text())["run_id"] == run.info.run_id
@@ -181,9 +197,9 @@ def test_artifacts_are_the_run_s_files_beside_the_database(cli_run, tmp_path):
 # -- runs in-process ------------------------------------------------------------------------------
 def test_a_resumed_run_continues_its_mlflow_run(tmp_path):
     uri, run_dir = store(tmp_path), tmp_path / "run"
-    args = mlflow_args(uri, "trainer.log_every_n_steps=1")
+    args = mlflow_args(uri, "trainer.log_every_n_steps=1", "logger.mlflow.log_checkpoints=true")
     train(compose_cfg([*args, "trainer.epochs=1"]), run_dir)
-    (first,) = runs_of(uri)
+    (first,) = runs_of(uri, experiment="densenet_exp")  # a run of no sweep: ours
     assert first.info.status == "FINISHED"
     train(compose_cfg([*args, "trainer.epochs=2", "trainer.resume=auto"]), run_dir)
     (run,) = runs_of(uri)  # the same run, not a second one
@@ -192,6 +208,8 @@ def test_a_resumed_run_continues_its_mlflow_run(tmp_path):
     steps = [s for s, _ in history(uri, run, "train_loss_step")]
     assert steps == sorted(set(steps)) and steps[-1] == rows(run_dir)[-1]["step"]
     assert not (run_dir / "tb").exists()  # logger=mlflow alone
+    saved = MlflowClient(uri).list_artifacts(run.info.run_id, "checkpoints")
+    assert {a.path for a in saved} == {"checkpoints/last.pt", "checkpoints/best.pt"}
 
 
 def test_a_failing_run_is_failed_with_its_error(tmp_path):
@@ -212,9 +230,10 @@ def test_an_interrupted_run_is_killed(tmp_path, monkeypatch):
         raise TrainingInterrupted("SIGTERM: stopped at step 4")
 
     monkeypatch.setattr("densenet_exp.engine.loop.validate", stop)
+    cfg = compose_cfg(mlflow_args(uri, "logger.mlflow.experiment_name=mine"))
     with pytest.raises(TrainingInterrupted):
-        train(compose_cfg(mlflow_args(uri)), tmp_path / "run")
-    (run,) = runs_of(uri)
+        train(cfg, tmp_path / "run")
+    (run,) = runs_of(uri, experiment="mine")
     assert run.info.status == "KILLED" and run.data.tags["status"] == "interrupted"
 
 
@@ -272,31 +291,20 @@ def test_a_two_rank_run_logs_once(tmp_path):
     assert run.data.metrics["world_size"] == 2
 
 
-# -- a sweep --------------------------------------------------------------------------------------
-def test_a_two_job_joblib_sweep_is_one_experiment_with_its_comparison(tmp_path):
-    uri, sweep = store(tmp_path), tmp_path / "sweep"
-    args = [
-        "-m",
-        *mlflow_args(uri, "trainer.epochs=2", "act=relu,swish"),
-        "hydra/launcher=joblib",
-        "hydra.launcher.n_jobs=2",
-        f"hydra.sweep.dir={sweep}",
-    ]
-    proc = subprocess.run(
-        [PYTHON, "-m", "densenet_exp", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    runs = runs_of(uri, experiment=str(sweep))  # tmp is not below the repo: the absolute path
+def test_a_two_job_joblib_sweep_is_one_experiment_with_its_comparison(sweep):
+    uri, sweep_dir = sweep
+    runs = runs_of(uri, experiment=str(sweep_dir))  # not below the repo: the absolute path
+    assert len(runs_of(uri)) == len(runs) == 3  # nothing in any other experiment
     parent = next(r for r in runs if r.data.tags.get("kind") == "sweep")
     jobs = [r for r in runs if r is not parent]
     assert sorted(r.info.run_name for r in jobs) == ["0_act=relu", "1_act=swish"]
     for job in jobs:
         assert job.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert job.info.status == "FINISHED"
-        assert len(history(uri, job, "val_top1")) == 2
-    verdicts = {r.data.tags["choice.act"]: r.data.tags["verdict"] for r in jobs}
-    with (sweep / "compare.csv").open() as f:
+        assert job.data.tags["sweep"] == str(sweep_dir) and job.info.status == "FINISHED"
+        assert len(history(uri, job, "val_top1")) == 3
+    with (sweep_dir / "compare.csv").open() as f:
         (row,) = csv.DictReader(f)  # what the sweep's comparison says of act=swish
+    verdicts = {r.data.tags["choice.act"]: r.data.tags["verdict"] for r in jobs}
     assert verdicts == {"relu": "baseline", "swish": row["verdict"]}
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["verdict.act_swish"] == row["verdict"]

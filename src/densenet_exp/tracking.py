@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 
 from .config import Config, MlflowLogger, to_plain
 from .metrics import HISTORY_FILE, SUMMARY_FILE, EpochRow, Status
+from .overrides import is_configuration_key, override_key
 from .val_predictions import BEST_FILE, FINAL_FILE
 
 log = logging.getLogger("densenet_exp")
@@ -49,6 +50,7 @@ STATUS = {
 EVAL_METRICS = ("train_loss", "val_loss", "val_top1", "val_top5", "lr")
 # the run's files, uploaded when it ends (the config under config/)
 ARTIFACTS = (SUMMARY_FILE, HISTORY_FILE, "train.log", FINAL_FILE, BEST_FILE)
+CHECKPOINTS = ("last.pt", "best.pt")  # with logger.mlflow.log_checkpoints=true
 # MLflow's HTTP client retries a server that does not answer for minutes by default: a run
 # should find out in seconds and go on (a user's own setting wins)
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
@@ -252,17 +254,19 @@ def _git_commit() -> str | None:
 
 
 def run_tags(cfg: Config, run_dir: Path) -> dict[str, str]:
-    """What a run is: its group choices, configuration label, seed, folder, sweep and commit."""
-    from .runs.records import load_run
-
+    """What a run is: its group choices, configuration label, seed, folder and commit."""
     tags = {"seed": str(cfg.trainer.seed), "run_dir": str(run_dir)}
     tags["mlflow.source.name"] = "densenet_exp"
-    if (run_dir / ".hydra").is_dir():  # what Hydra recorded: not there for train(cfg, run_dir)
-        run = load_run(run_dir)
-        tags |= {f"choice.{g}": str(v) for g, v in run.choices.items() if v is not None}
-        tags.pop("choice.logger", None)  # how it was logged is no choice of what it trains
-        tags["configuration"] = ",".join(sorted(run.config_overrides)) or "defaults"
-        tags["overrides"] = " ".join(run.overrides)
+    hydra_cfg, overrides = _hydra_record(run_dir)
+    choices = (hydra_cfg.get("runtime") or {}).get("choices") or {}
+    for group, choice in choices.items():
+        # how it was logged, and Hydra's own plugins, are no choice of what it trains
+        if choice is not None and group != "logger" and not group.startswith("hydra/"):
+            tags[f"choice.{group}"] = str(choice)
+    if overrides is not None:  # what Hydra recorded: not there for train(cfg, run_dir)
+        own = sorted(o for o in overrides if is_configuration_key(override_key(o)))
+        tags["configuration"] = ",".join(own) or "defaults"
+        tags["overrides"] = " ".join(overrides)
     commit = _git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
@@ -270,20 +274,31 @@ def run_tags(cfg: Config, run_dir: Path) -> dict[str, str]:
     return {k: _text(v, limit) for k, v in tags.items()}
 
 
-def _hydra_job(run_dir: Path) -> tuple[Path | None, str | None]:
-    """(the sweep folder, the job number) when Hydra ran this folder as a sweep's job."""
+def _hydra_record(run_dir: Path) -> tuple[dict[str, Any], list[str] | None]:
+    """The run's ``.hydra/hydra.yaml`` (its ``hydra`` node; {} without) and its overrides (None
+    without). Read here, not through ``runs``, which would import scipy and matplotlib into
+    every tracked run's start."""
     import yaml
 
-    path = run_dir / ".hydra" / "hydra.yaml"
-    try:
-        hydra_cfg = (yaml.safe_load(path.read_text()) or {}).get("hydra", {})
-    except (OSError, yaml.YAMLError):
-        return None, None
+    def load(name: str) -> Any:
+        try:
+            return yaml.safe_load((run_dir / ".hydra" / name).read_text())
+        except (OSError, yaml.YAMLError):
+            return None
+
+    overrides = load("overrides.yaml")
+    hydra_cfg = (load("hydra.yaml") or {}).get("hydra") or {}
+    return hydra_cfg, [str(o) for o in overrides] if isinstance(overrides, list) else None
+
+
+def _hydra_job(run_dir: Path) -> tuple[Path | None, str | None]:
+    """(the sweep folder, the job number) when Hydra ran this folder as a sweep's job."""
+    hydra_cfg, _ = _hydra_record(run_dir)
     if str(hydra_cfg.get("mode")).split(".")[-1] != "MULTIRUN":
         return None, None
     # the folder the job is in, not hydra.sweep.dir: ``runs extend`` sweeps from a folder of its
     # own into the sweep's
-    return run_dir.parent, str(hydra_cfg.get("job", {}).get("num", ""))
+    return run_dir.parent, str((hydra_cfg.get("job") or {}).get("num", ""))
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -383,9 +398,10 @@ class MlflowRun:
         if hydra_dir.is_dir():
             self.store.call("config", client.log_artifacts, self.run_id, str(hydra_dir), "config")
         if self.settings.log_checkpoints:
-            for ckpt in sorted((self.run_dir / "checkpoints").glob("*.pt")):
-                path = str(ckpt)
-                self.store.call(ckpt.name, client.log_artifact, self.run_id, path, "checkpoints")
+            for name in CHECKPOINTS:  # not last.prev.pt, the fallback kept while writing
+                path = str(self.run_dir / "checkpoints" / name)
+                if Path(path).is_file():
+                    self.store.call(name, client.log_artifact, self.run_id, path, "checkpoints")
 
 
 def _now() -> int:
