@@ -17,7 +17,7 @@ from densenet_exp import train
 from densenet_exp.config import MlflowLogger, node
 from densenet_exp.engine import TrainingInterrupted
 from densenet_exp.overrides import is_configuration_key
-from densenet_exp.tracking import MlflowMissing, check_settings
+from densenet_exp.tracking.store import MlflowMissing, check_settings
 
 mlflow = pytest.importorskip("mlflow")  # the `mlflow` extra: `make test` installs it
 MlflowClient = mlflow.MlflowClient

@@ -34,7 +34,7 @@ def train(cfg: Any, run_dir: str | Path | None = None) -> dict[str, Any]:
     from .data import check_decode
     from .engine import run_rank, spawned_rank
     from .models import check_model_config
-    from .tracking import check_settings
+    from .tracking.store import check_settings
 
     cfg = to_typed(cfg)
     run_dir = Path(run_dir) if run_dir is not None else _run_dir_from_hydra()

@@ -25,7 +25,7 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """The sweep's MLflow experiment and parent run, before any job (``tracking``)."""
         from .config import MlflowLogger, node
-        from .tracking import open_sweep
+        from .tracking.sweep import open_sweep
 
         settings = node(MlflowLogger, config.logger.mlflow, "logger.mlflow")
         if settings.enabled:
@@ -46,7 +46,7 @@ class SweepSummary(Callback):
         if comparisons:
             log.info("comparison with the baseline (%s):\n%s", sweep_dir / "compare.md", text)
         failed = [r["job"] for r in rows if r["status"] != Status.ok]
-        from .tracking import log_sweep
+        from .tracking.sweep import log_sweep
 
         log_sweep(sweep_dir, comparisons, len(failed))
         if failed:

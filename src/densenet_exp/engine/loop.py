@@ -11,7 +11,7 @@ from typing import Any
 from .. import distributed as du
 from ..config import Config
 from ..metrics import HISTORY_FILE, EpochRow, RunSummary, Status
-from ..tracking import MlflowRun
+from ..tracking.run import MlflowRun
 from ..val_predictions import PredictionSink
 from .epoch import EpochResult, train_one_epoch
 from .evaluate import evaluate

@@ -15,7 +15,7 @@ from ..closing import closing_block
 from ..config import Config, to_typed
 from ..metrics import SUMMARY_FILE, RunSummary, Status
 from ..process import configure_rank
-from ..tracking import open_run
+from ..tracking.run import open_run
 from .guards import TrainingInterrupted, hand_over_preemption
 from .helpers import setup_logging
 from .loop import fit

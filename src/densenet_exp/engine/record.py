@@ -14,7 +14,7 @@ from .. import val_predictions
 from ..config import Config
 from ..metrics import HISTORY_FILE, EpochRow
 from ..models import implementation_of
-from ..tracking import MlflowRun
+from ..tracking.run import MlflowRun
 from .build import Components
 
 log = logging.getLogger("densenet_exp")

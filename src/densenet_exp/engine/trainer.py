@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .. import distributed as du
 from ..config import Config
-from ..tracking import MlflowRun
+from ..tracking.run import MlflowRun
 from .build import build, wrap
 from .guards import LossGuard, StopSignal
 from .record import RunLog

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..metrics import Status
 from ..overrides import override_key, sweep_record
-from ..tracking import log_sweep
+from ..tracking.sweep import log_sweep
 from .compare import Options, compare, default_min_effect, seeded
 from .configs import Configuration, configurations, mark_baseline
 from .plan import Plan, load_plan, save_plan
