@@ -235,6 +235,7 @@ def test_a_planned_look_is_tested_at_the_level_the_plan_spends_there(tmp_path):
     one_first = Plan(looks=[1, 2], min_effect=0.005, baseline="act=relu", taken=2)
     row = compare(configurations(find_runs(tmp_path)), None, None, one_first)[0]
     assert row.look == 2 and row.n == 2 and row.test == "Welch t (2 vs 2 seeds)"
+    assert row.note == ""  # look 1's "not tested: one seed each" no longer holds
     with pytest.raises(ValueError, match="plan compares against act=relu, not act=swish"):
         compare(configurations(find_runs(tmp_path)), "act=swish", None, plan)
     with pytest.raises(ValueError, match=r"plan fixed the min effect at 0\.005, not 0\.01"):
