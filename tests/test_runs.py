@@ -1,6 +1,7 @@
 """Sweeps, the sweep summary, diff and rerun, through the CLI as a user runs them."""
 
 import csv
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -11,7 +12,9 @@ from conftest import PYTHON, ROOT, TINY, compose_cfg
 from omegaconf import OmegaConf
 
 from densenet_exp import val_predictions
+from densenet_exp.config import MlflowLogger, node
 from densenet_exp.runs import diff_runs, load_run, main, merge_overrides, write_summary
+from densenet_exp.tracking import open_sweep
 
 pytestmark = pytest.mark.slow
 
@@ -120,6 +123,10 @@ def test_extend_trains_more_seeds_through_the_sweeps_own_launcher_and_names(
     sweep = tmp_path / "sweep"
     shutil.copytree(tiny_sweep, sweep)
     record = (sweep / "multirun.yaml").read_bytes()
+    tracked = importlib.util.find_spec("mlflow") is not None  # the sweep's MLflow parent run
+    if tracked:
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        open_sweep(node(MlflowLogger, {"enabled": True, "tracking_uri": uri}), sweep, [])
     assert main(["extend", str(sweep), "--max-seeds", "4", "--no-plot"]) == 0
     # 2 seeds at a look that spends 0.0056 of the 5% decide nothing: both configurations go on
     assert job_names(sweep) == [
@@ -146,6 +153,13 @@ def test_extend_trains_more_seeds_through_the_sweeps_own_launcher_and_names(
     compared = read_csv(sweep / "compare.csv")
     assert compared[0]["n"] == "4" and compared[0]["look"] == "2"
     assert "planned look 2 of 2" in capsys.readouterr().out
+    if tracked:  # extend's last comparison is on the parent run
+        from mlflow import MlflowClient
+
+        parent_id = json.loads((sweep / "mlflow.json").read_text())["run_id"]
+        parent = MlflowClient(uri).get_run(parent_id)
+        assert parent.data.tags["verdict.act_swish"] == compared[0]["verdict"]
+        assert parent.info.status == "FINISHED"
     # the plan is final: a second call trains nothing
     assert main(["extend", str(sweep), "--no-plot"]) == 0
     assert len(job_names(sweep)) == 8
