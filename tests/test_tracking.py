@@ -78,7 +78,10 @@ def test_how_a_run_was_logged_is_no_part_of_its_configuration():
 
 def test_mlflow_settings_with_mlflow_off_fail_before_any_work(tmp_path):
     cfg = compose_cfg([*TINY, f"logger.mlflow.tracking_uri={store(tmp_path)}"])
-    with pytest.raises(ValueError, match=r"logger\.mlflow is set but MLflow is off.*logger=mlflow"):
+    with pytest.raises(
+        ValueError,
+        match=r"logger\.mlflow\.tracking_uri='sqlite.*' set but MLflow is off.*logger=mlflow",
+    ):
         train(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "metrics.json").exists()
     assert not (tmp_path / "db").exists()

@@ -35,10 +35,8 @@ log = logging.getLogger("densenet_exp")
 # each epoch to its optimizer step. Throughput and memory are the summary's (one value a run, the
 # name a column of MLflow's run table): a metric is one series, logged under one meaning only.
 EVAL_METRICS = ("train_loss", "val_loss", "val_top1", "val_top5", "lr")
-
 # the run's files, uploaded when it ends (the config under config/)
 ARTIFACTS = (SUMMARY_FILE, HISTORY_FILE, "train.log", FINAL_FILE, BEST_FILE)
-
 CHECKPOINTS = ("last.pt", "best.pt")  # with logger.mlflow.log_checkpoints=true
 
 

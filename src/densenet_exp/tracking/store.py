@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -27,12 +28,9 @@ log = logging.getLogger("densenet_exp")
 T = TypeVar("T")
 
 RUN_FILE = "mlflow.json"  # a run folder's MLflow run; in a sweep folder, the sweep's parent run
-
-DEFAULT_DB = Path("outputs") / "mlflow.db"
-
-DEFAULT_EXPERIMENT = "densenet_exp"
-
-STATUS = {
+DEFAULT_DB = Path("outputs") / "mlflow.db"  # below the folder the command starts in
+DEFAULT_EXPERIMENT = "densenet_exp"  # a run of no sweep
+STATUS = {  # how metrics.json says a run ended -> MLflow's word
     Status.completed.value: "FINISHED",
     Status.failed.value: "FAILED",
     Status.interrupted.value: "KILLED",
@@ -69,19 +67,21 @@ class MlflowMissing(ImportError):
 def check_settings(settings: MlflowLogger) -> None:
     """Fail before any work on MLflow settings that cannot do what they ask."""
     if not settings.enabled:
-        if settings.tracking_uri or settings.experiment_name or settings.log_checkpoints:
+        given = {"tracking_uri": settings.tracking_uri, "experiment_name": settings.experiment_name}
+        given["log_checkpoints"] = settings.log_checkpoints or None
+        named = [f"logger.mlflow.{k}={v!r}" for k, v in given.items() if v is not None]
+        if named:
             raise ValueError(
-                "logger.mlflow is set but MLflow is off: add logger=mlflow "
+                f"{', '.join(named)} set but MLflow is off: add logger=mlflow "
                 "(or logger=[tensorboard,mlflow] to keep TensorBoard too)"
             )
         return
-    try:
-        import mlflow  # noqa: F401
-    except ImportError as e:
+    # found, not imported: a launching parent need not pay for MLflow's import
+    if importlib.util.find_spec("mlflow") is None:
         raise MlflowMissing(
-            f"logger=mlflow needs MLflow ({e}): pip install -e '.[mlflow]' "
+            "logger=mlflow needs MLflow, which is not installed: pip install -e '.[mlflow]' "
             "(mlflow-skinny with the SQLite store), or pick logger=tensorboard / logger=none"
-        ) from None
+        )
 
 
 def tracking_uri(settings: MlflowLogger, inherited: str | None = None) -> str:
@@ -205,11 +205,13 @@ def key_name(key: str) -> str:
 
 
 def within(value: Any, limit: int) -> str:
+    """A value as MLflow stores it (strings as written, the rest as JSON), cut to ``limit``."""
     text = value if isinstance(value, str) else json.dumps(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def git_commit() -> str | None:
+    """The commit checked out where the command started, if that is a git checkout."""
     try:
         done = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
@@ -220,6 +222,7 @@ def git_commit() -> str | None:
 
 
 def read_record(path: Path) -> dict[str, Any] | None:
+    """An ``mlflow.json`` (store, experiment and run id), or None where there is none."""
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -227,6 +230,7 @@ def read_record(path: Path) -> dict[str, Any] | None:
 
 
 def write_record(path: Path, record: dict[str, Any]) -> None:
+    """Atomically: a resume must never read half a record."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     tmp.replace(path)
