@@ -4,6 +4,7 @@ summarized as under the basic launcher, two-node jobs whose nodes start in rever
 job signalled before its time limit that submitit requeues and that finishes as if never stopped.
 """
 
+import importlib.util
 import json
 import os
 import pickle
@@ -19,6 +20,8 @@ from densenet_exp import train
 
 pytestmark = pytest.mark.slow
 
+
+MLFLOW = importlib.util.find_spec("mlflow") is not None  # the `mlflow` extra (`make test`)
 
 # SLURM_REAL=1 (benchmarks/slurm_real.sh): the real scheduler's commands, already on PATH
 REAL = bool(os.environ.get("SLURM_REAL"))
@@ -118,7 +121,9 @@ def test_a_job_signalled_before_its_time_limit_is_requeued_and_ends_as_if_never_
     signal on and lets submitit requeue only once they have checkpointed."""
     out = tmp_path / "sweep"
     args = [*LONG, f"dist.nproc_per_node={ranks}"]
-    proc = sweep(slurm, [*args, f"hydra.sweep.dir={out}"])
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # the requeued run must continue its MLflow run
+    tracked = ["logger=mlflow", f"logger.mlflow.tracking_uri={uri}"] if MLFLOW else []
+    proc = sweep(slurm, [*args, *tracked, f"hydra.sweep.dir={out}"])
     run = None
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -137,6 +142,16 @@ def test_a_job_signalled_before_its_time_limit_is_requeued_and_ends_as_if_never_
     assert "SIGUSR2: stopped at step" in text  # it checkpointed on the signal
     assert "SLURM requeued this job (restart 1): resuming from its last checkpoint" in text
     assert json.loads((run / "metrics.json").read_text())["status"] == "completed"
+    if MLFLOW:  # one MLflow run for the job, killed by the signal, then continued to the end
+        from mlflow import MlflowClient
+
+        client = MlflowClient(uri)
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        (job_run,) = [r for r in runs if r.data.tags.get("kind") != "sweep"]
+        assert job_run.info.status == "FINISHED" and job_run.info.run_name == run.name
+        steps = [m.step for m in client.get_metric_history(job_run.info.run_id, "val_top1")]
+        assert steps == [0, 1, 2]  # each evaluation once, however the job was cut
+        assert f"MLflow: continuing run {job_run.info.run_id}" in text
     straight = tmp_path / "straight"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
