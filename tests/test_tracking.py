@@ -44,7 +44,9 @@ def runs_of(uri, experiment=None):
 
 
 def history(uri, run, key):
-    return [(m.step, m.value) for m in MlflowClient(uri).get_metric_history(run.info.run_id, key)]
+    """The metric's points as (step, value), by step (as MLflow draws them)."""
+    points = MlflowClient(uri).get_metric_history(run.info.run_id, key)
+    return sorted((m.step, m.value) for m in points)
 
 
 def rows(run_dir):
@@ -213,6 +215,18 @@ def test_a_resumed_run_continues_its_mlflow_run(tmp_path):
     assert not (run_dir / "tb").exists()  # logger=mlflow alone
     saved = MlflowClient(uri).list_artifacts(run.info.run_id, "checkpoints")
     assert {a.path for a in saved} == {"checkpoints/last.pt", "checkpoints/best.pt"}
+
+
+def test_a_run_resumed_after_its_mlflow_run_was_deleted_gets_a_whole_new_one(tmp_path):
+    uri, run_dir = store(tmp_path), tmp_path / "run"
+    train(compose_cfg([*mlflow_args(uri), "trainer.epochs=1"]), run_dir)
+    (first,) = runs_of(uri)
+    MlflowClient(uri).delete_run(first.info.run_id)  # deleted in the UI
+    train(compose_cfg([*mlflow_args(uri), "trainer.epochs=2", "trainer.resume=auto"]), run_dir)
+    (run,) = runs_of(uri)  # search_runs: the active ones
+    assert run.info.run_id != first.info.run_id and run.info.status == "FINISHED"
+    # the epoch trained before the resume comes from metrics.jsonl, at its own value
+    assert history(uri, run, "val_top1") == [(r["epoch"], r["val_top1"]) for r in rows(run_dir)]
 
 
 def test_a_failing_run_is_failed_with_its_error(tmp_path):

@@ -153,8 +153,10 @@ class MlflowRun:
         lets go of the run (a resume reopens it)."""
         from mlflow.entities import Metric, RunTag
 
-        if not self.store:
-            self._catch_up()
+        if not self.store:  # failed mid-run: one more try, the store may be back
+            self.store.failed = ""
+            log.info("MLflow store %s: trying again to record the run's end", self.store.uri)
+        self._fill_in()
         status = str(record.get("status", Status.failed.value))
         now = now_ms()
         numbers = {
@@ -172,12 +174,11 @@ class MlflowRun:
             "status", self.store.client.set_terminated, self.run_id, STATUS.get(status, "FAILED")
         )
 
-    def _catch_up(self) -> None:
-        """A store that failed mid-run gets one more try at the end: if it is back, the
-        evaluations it missed are logged from metrics.jsonl, so its record of the run is whole
-        (but for the train-loss points of the outage)."""
-        self.store.failed = ""
-        log.info("MLflow store %s: trying again to record the end of the run", self.store.uri)
+    def _fill_in(self) -> None:
+        """Every evaluation of metrics.jsonl the store lacks: those of an outage of the store,
+        and those before this MLflow run began (a run resumed into a new MLflow run, the old one
+        deleted or in another store), so its record of the run is whole (but for the train-loss
+        points it missed)."""
         path = self.run_dir / HISTORY_FILE
         for line in path.read_text().splitlines() if path.is_file() else []:
             self.evaluation(EpochRow(**json.loads(line)))
@@ -252,8 +253,10 @@ def _continue(store: Store, run_id: str, run_dir: Path, settings: MlflowLogger) 
 
     client = store.client
     try:
-        client.get_run(run_id)
-    except MlflowException:  # not in this store (deleted, or another database): a new run
+        found = client.get_run(run_id)
+    except MlflowException:  # not in this store (another database): a new run
+        return None
+    if found.info.lifecycle_stage == "deleted":  # deleted in the UI: a new run, not a revival
         return None
     run = MlflowRun(store, run_id, run_dir, settings)
     history = store.call("history", client.get_metric_history, run_id, "val_top1") or []
