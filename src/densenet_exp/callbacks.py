@@ -39,7 +39,7 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
-        runs = find_runs(sweep_dir)  # read once for both
+        runs = find_runs(sweep_dir)  # read once for the summary, the comparison and MLflow
         rows = write_summary(sweep_dir, runs=runs)
         log.info("sweep summary: %s (%d jobs)", sweep_dir / "summary.md", len(rows))
         comparisons, text = write_compare([sweep_dir], sweep_dir, runs=runs)
@@ -48,7 +48,7 @@ class SweepSummary(Callback):
         failed = [r["job"] for r in rows if r["status"] != Status.ok]
         from .tracking.sweep import log_sweep
 
-        log_sweep(sweep_dir, comparisons, len(failed))
+        log_sweep(sweep_dir, runs, comparisons, len(failed))
         if failed:
             # SystemExit, not an exception: Hydra turns callback exceptions into warnings
             raise SystemExit(

@@ -177,7 +177,8 @@ def extend(
         configs = configurations(find_runs(sweep))
         if once:
             break
-    jobs = write_summary(sweep, plot=plot)
-    rows, _ = write_compare([sweep], sweep, plot=plot, options=options)
-    log_sweep(sweep, rows, sum(j["status"] != Status.ok for j in jobs))
+    runs = find_runs(sweep)  # read once for the summary, the comparison and MLflow
+    jobs = write_summary(sweep, plot=plot, runs=runs)
+    rows, _ = write_compare([sweep], sweep, plot=plot, options=options, runs=runs)
+    log_sweep(sweep, runs, rows, sum(j["status"] != Status.ok for j in jobs))
     return plan

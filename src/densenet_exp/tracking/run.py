@@ -60,11 +60,13 @@ def config_params(cfg: Config) -> dict[str, str]:
     return out
 
 
-def run_tags(cfg: Config, run_dir: Path) -> dict[str, str]:
-    """What a run is: its group choices, configuration label, seed, folder and commit."""
+def run_tags(
+    cfg: Config, run_dir: Path, hydra_cfg: dict[str, Any], overrides: list[str] | None
+) -> dict[str, str]:
+    """What a run is: its group choices, configuration label, seed, folder and commit, from
+    its config and what Hydra recorded of it (``_hydra_record``)."""
     tags = {"seed": str(cfg.trainer.seed), "run_dir": str(run_dir)}
     tags["mlflow.source.name"] = "densenet_exp"
-    hydra_cfg, overrides = _hydra_record(run_dir)
     choices = (hydra_cfg.get("runtime") or {}).get("choices") or {}
     for group, choice in choices.items():
         # how it was logged, and Hydra's own plugins, are no choice of what it trains
@@ -98,9 +100,8 @@ def _hydra_record(run_dir: Path) -> tuple[dict[str, Any], list[str] | None]:
     return hydra_cfg, [str(o) for o in overrides] if isinstance(overrides, list) else None
 
 
-def _hydra_job(run_dir: Path) -> tuple[Path | None, str | None]:
+def _hydra_job(run_dir: Path, hydra_cfg: dict[str, Any]) -> tuple[Path | None, str | None]:
     """(the sweep folder, the job number) when Hydra ran this folder as a sweep's job."""
-    hydra_cfg, _ = _hydra_record(run_dir)
     if str(hydra_cfg.get("mode")).split(".")[-1] != "MULTIRUN":
         return None, None
     # the folder the job is in, not hydra.sweep.dir: ``runs extend`` sweeps from a folder of its
@@ -209,7 +210,8 @@ def open_run(cfg: Config, run_dir: Path) -> MlflowRun | None:
     settings = cfg.logger.mlflow
     if not settings.enabled:
         return None
-    sweep_dir, job = _hydra_job(run_dir)
+    hydra_cfg, overrides = _hydra_record(run_dir)
+    sweep_dir, job = _hydra_job(run_dir, hydra_cfg)
     parent = read_record(sweep_dir / RUN_FILE) if sweep_dir is not None else None
     uri = tracking_uri(settings, parent.get("tracking_uri") if parent else None)
     store = Store(uri)
@@ -226,7 +228,7 @@ def open_run(cfg: Config, run_dir: Path) -> MlflowRun | None:
         experiment_id = store.experiment(experiment_name(settings, sweep_dir))
     if experiment_id is None:
         return None
-    tags = store.call("tags", run_tags, cfg, run_dir) or {}
+    tags = store.call("tags", run_tags, cfg, run_dir, hydra_cfg, overrides) or {}
     if sweep_dir is not None:
         tags |= {"sweep": str(sweep_dir), "job": job or ""}
         if parent and parent.get("experiment_id") == experiment_id:

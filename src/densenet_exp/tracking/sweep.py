@@ -5,7 +5,7 @@ sweep's summary and comparison go to that run when the sweep, or ``runs extend``
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import MlflowLogger
 from .store import (
@@ -20,6 +20,9 @@ from .store import (
     tracking_uri,
     write_record,
 )
+
+if TYPE_CHECKING:
+    from ..runs.records import Run
 
 
 @best_effort
@@ -56,9 +59,10 @@ def open_sweep(settings: MlflowLogger, sweep_dir: Path, overrides: list[str]) ->
 
 
 @best_effort
-def log_sweep(sweep_dir: Path, rows: list[dict[str, Any]], failed: int) -> None:
-    """When a sweep (or ``runs extend``) ends: its summary and comparison on the parent run, as
-    files and as a tag and metrics per configuration, and each job's verdict on the job."""
+def log_sweep(sweep_dir: Path, runs: list[Run], rows: list[dict[str, Any]], failed: int) -> None:
+    """When a sweep (or ``runs extend``) ends: its summary and comparison (``rows``, of its
+    ``runs`` as the caller read them) on the parent run, as files and as a tag and metrics per
+    configuration, and each job's verdict on the job."""
     parent = read_record(sweep_dir / RUN_FILE)
     if parent is None:
         return
@@ -81,16 +85,15 @@ def log_sweep(sweep_dir: Path, rows: list[dict[str, Any]], failed: int) -> None:
     store.call("comparison", client.log_batch, run_id, metrics=metrics, tags=tags)
     for name in sorted(sweep_dir.glob("summary*")) + sorted(sweep_dir.glob("compare*")):
         store.call(name.name, client.log_artifact, run_id, str(name))
-    _tag_jobs(store, sweep_dir, verdicts)
+    _tag_jobs(store, runs, verdicts)
     store.call("status", client.set_terminated, run_id, "FAILED" if failed else "FINISHED")
 
 
-def _tag_jobs(store: Store, sweep_dir: Path, verdicts: dict[str, str]) -> None:
+def _tag_jobs(store: Store, runs: list[Run], verdicts: dict[str, str]) -> None:
     """Each job's MLflow run gets its configuration's verdict (``baseline`` for the baseline)."""
     from ..runs.configs import configurations  # here: runs/ imports this module for extend
-    from ..runs.records import find_runs
 
-    for config in configurations(find_runs(sweep_dir)):
+    for config in configurations(runs):
         verdict = verdicts.get(config.label)
         if not verdict:
             continue
