@@ -17,9 +17,10 @@ from scipy import stats
 from densenet_exp import val_predictions
 from densenet_exp.models import densenet121
 from densenet_exp.models.cost import count_macs
-from densenet_exp.runs import compare, configurations, find_runs, main, write_summary
+from densenet_exp.runs import compare, configurations, find_runs, write_summary
 from densenet_exp.runs.compare import Options
 from densenet_exp.runs.plan import Plan
+from densenet_exp.sweeps.cli import main
 
 N_IMAGES = 1000
 
@@ -294,7 +295,7 @@ def test_the_baseline_of_a_swept_value_is_the_value_the_sweep_started_from(tmp_p
 
 
 def test_extend_adds_seeds_only_to_the_open_comparisons_and_the_baseline(tmp_path, monkeypatch):
-    from densenet_exp.runs import extend as extend_module
+    from densenet_exp.sweeps import extend as extend_module
 
     (tmp_path / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": {}}}))
     steady = [errors_at(range(k)) for k in (50, 51, 52)]  # seeds that barely differ

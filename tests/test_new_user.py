@@ -17,7 +17,7 @@ from densenet_exp.precision import PrecisionError, describe, resolve_spec
 from densenet_exp.predict import gather_inputs
 from densenet_exp.predict import main as predict_main
 from densenet_exp.process import JOB_CORES_ENV, cores_per_rank, job_cores
-from densenet_exp.runs import main as runs_main
+from densenet_exp.sweeps.cli import main as runs_main
 
 COLOURS = {"cat": (200, 30, 30), "dog": (30, 30, 200)}
 # names a photo collection picks up from notebooks, file managers, zips and NAS boxes

@@ -13,7 +13,8 @@ from omegaconf import OmegaConf
 
 from densenet_exp import val_predictions
 from densenet_exp.config import MlflowLogger, node
-from densenet_exp.runs import diff_runs, load_run, main, merge_overrides, write_summary
+from densenet_exp.runs import diff_runs, load_run, merge_overrides, write_summary
+from densenet_exp.sweeps.cli import main
 from densenet_exp.tracking import open_sweep
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Hydra callbacks: the sweep summary and comparison written when a multirun ends."""
+"""Hydra callbacks: the sweep summary, comparison and effects written when a multirun ends."""
 
 from __future__ import annotations
 
@@ -9,13 +9,12 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from .metrics import Status
-
 log = logging.getLogger(__name__)
 
 
 class SweepSummary(Callback):
-    """On ``on_multirun_end``: write summary.* and compare.*, and fail the sweep if a job failed.
+    """On ``on_multirun_end``: write summary.*, compare.* and effects.* (``sweeps.finish``), and
+    fail the sweep if a job failed.
 
     Jobs catch their own errors in multirun (so one failure does not stop an ablation), which means
     the sweep's exit status has to come from here. With ``logger=mlflow``, the sweep's MLflow
@@ -34,24 +33,22 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Summarize ``hydra.sweep.dir``; exit 1 naming the failed jobs, if any."""
-        from .runs import find_runs, write_compare, write_summary
+        from .sweeps import finish_sweep
 
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
-        runs = find_runs(sweep_dir)  # read once for the summary, the comparison and MLflow
-        rows = write_summary(sweep_dir, runs=runs)
-        log.info("sweep summary: %s (%d jobs)", sweep_dir / "summary.md", len(rows))
-        comparisons, text = write_compare([sweep_dir], sweep_dir, runs=runs)
-        if comparisons:
-            log.info("comparison with the baseline (%s):\n%s", sweep_dir / "compare.md", text)
-        failed = [r["job"] for r in rows if r["status"] != Status.ok]
-        from .tracking.sweep import log_sweep
-
-        log_sweep(sweep_dir, runs, comparisons, len(failed))
-        if failed:
+        end = finish_sweep(sweep_dir)
+        log.info("sweep summary: %s (%d jobs)", sweep_dir / "summary.md", len(end.jobs))
+        if end.comparisons:
+            log.info(
+                "comparison with the baseline (%s):\n%s", sweep_dir / "compare.md", end.compare_text
+            )
+        if end.effects.grid.factors:  # a grid, or a line saying why these runs are none
+            log.info("effects per factor (%s):\n%s", sweep_dir / "effects.md", end.effects_text)
+        if end.failed:
             # SystemExit, not an exception: Hydra turns callback exceptions into warnings
             raise SystemExit(
-                f"{len(failed)} of {len(rows)} sweep job(s) failed: {', '.join(failed)} "
-                f"(see {sweep_dir / 'summary.md'})"
+                f"{len(end.failed)} of {len(end.jobs)} sweep job(s) failed: "
+                f"{', '.join(end.failed)} (see {sweep_dir / 'summary.md'})"
             )

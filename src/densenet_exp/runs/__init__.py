@@ -1,6 +1,5 @@
 """Run-directory tools (``python -m densenet_exp.runs``): summarize, compare, diff, rerun."""
 
-from .cli import main
 from .compare import Comparison, compare
 from .configs import Configuration, configurations
 from .diff import diff_runs, format_diff, merge_overrides, rerun
@@ -19,7 +18,6 @@ __all__ = [
     "flatten",
     "format_diff",
     "load_run",
-    "main",
     "merge_overrides",
     "rerun",
     "summary_rows",

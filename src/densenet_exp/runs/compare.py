@@ -116,7 +116,8 @@ def _test(
 
 
 def _apply(row: Comparison, decision: Decision) -> None:
-    row.low, row.high = decision.low, decision.high
+    # a difference of two accuracies lies in [-1, 1]; a t bound from two seeds can pass it
+    row.low, row.high = max(decision.low, -1.0), min(decision.high, 1.0)
     row.adjusted_p, row.verdict = decision.p_adjusted, decision.verdict.value
     if decision.verdict == Verdict.undecided and row._test is not None:
         row.detectable = power.detectable(row._test, decision.level)
@@ -195,6 +196,8 @@ def compare(
 ) -> list[Comparison]:
     """Every configuration against the baseline, one family (see the module's docstring)."""
     options = options or Options()
+    if plan is not None and plan.family != "configurations":
+        plan = None  # its looks spend on the effects: this is a fixed-sample look
     if plan is not None:  # the plan fixed the test before its first look
         options = replace(options, alpha=plan.alpha, pooled=plan.pooled, images=plan.images)
     if plan is not None and baseline not in (None, plan.baseline):

@@ -101,7 +101,7 @@ def is_default(override: str, choices: dict[str, Any], config: dict[str, Any]) -
         return False
 
 
-def _sweep_defaults(run: Run) -> tuple[dict[str, Any], dict[str, Any]]:
+def sweep_defaults(run: Run) -> tuple[dict[str, Any], dict[str, Any]]:
     cfg = sweep_record(run.path.parent)
     if cfg is None:
         return default_choices(), {}
@@ -126,7 +126,7 @@ def mark_baseline(configs: list[Configuration], name: str | None) -> Configurati
     else:
 
         def all_default(c: Configuration) -> bool:
-            choices, config = _sweep_defaults(c.runs[0])
+            choices, config = sweep_defaults(c.runs[0])
             return all(is_default(o, choices, config) for o in c.own)
 
         chosen = next((c for c in configs if all_default(c)), configs[0])

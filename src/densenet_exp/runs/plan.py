@@ -1,8 +1,9 @@
 """A sweep's plan of looks, written by ``runs extend`` as ``<sweep>/extend.json``.
 
-The plan fixes, before any extra seed is trained, the seeds per configuration at each look, the
-family-wise level, the minimum effect and the baseline; it records how many looks were taken, so
-``compare`` tests each look at the level the plan spends there and never at a fresh alpha.
+The plan fixes, before any extra seed is trained, the family its looks spend on, the seeds per
+configuration at each look, the family-wise level, the minimum effect and the baseline; it records
+how many looks were taken, so ``compare`` (or ``effects``) tests each look at the level the plan
+spends there and never at a fresh alpha.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ class Plan:
     images: bool = False
     spending: str = "O'Brien-Fleming (Lan-DeMets), Bonferroni within a look"
     taken: int = 1  # looks taken so far; the first is the seeds the sweep had
+    # what the looks spend on: "configurations" (each against the baseline, ``compare``) or
+    # "effects" (the grid's main effects and interactions, ``effects``); the other is then a
+    # fixed-sample look the plan does not count
+    family: str = "configurations"
+    reference: dict[str, str] = field(default_factory=dict)  # effects: --reference levels
     history: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -53,4 +59,5 @@ def save_plan(folder: str | Path, plan: Plan) -> None:
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{PLAN_FILE}.")
     with os.fdopen(fd, "w") as f:
         json.dump(asdict(plan), f, indent=2)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; the plan is as readable as the sweep
     os.replace(tmp, folder / PLAN_FILE)

@@ -147,31 +147,72 @@ def compare_plot(comparisons: list[Any], path: Path) -> None:
     """Each configuration's difference to the baseline with its simultaneous interval (the one
     the verdict reads; an end at 0 from a Holm rejection drawn open), coloured by verdict, and
     the ±min-effect band."""
-    plt = _pyplot()
     shown = [c for c in comparisons if not math.isnan(c.delta)]
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.45 * max(1, len(shown))))
-    for y, c in enumerate(shown):
-        colour = VERDICT_COLOURS.get(c.verdict, "tab:grey")
-        if not math.isnan(c.low):
-            ax.plot([c.low, c.high], [y, y], color=colour, lw=2)
-            for end in (c.low, c.high):
-                if end == 0 and c.verdict in ("better", "worse"):  # "> 0": an open end
-                    ax.plot(end, y, "o", mfc="white", color=colour, markersize=5)
-        ax.plot(c.delta, y, "o", color=colour)
-        ax.annotate(c.verdict, (c.delta, y), fontsize=7, xytext=(0, 6), textcoords="offset points")
-    ax.axvline(0.0, color="black", lw=1)
-    effect = shown[0].min_effect if shown else math.nan
-    if effect > 0:
-        ax.axvspan(-effect, effect, color="tab:blue", alpha=0.08, label=f"±{effect:.4f}")
-        ax.legend(fontsize=7, loc="lower right")
-    ax.set_yticks(range(len(shown)), [c.config.label for c in shown], fontsize=8)
     base = shown[0].baseline.label if shown else ""
-    ax.set(
-        xlabel=f"final val top-1 minus the baseline's ({base}); simultaneous 95% intervals",
-        title="difference to the baseline over seeds ("
-        + ("planned looks" if any(c.look for c in shown) else "Holm over both directions")
+    planned = any(c.look for c in shown)
+    _interval_plot(
+        [(c.config.label, c.delta, c.low, c.high, c.verdict) for c in shown],
+        shown[0].min_effect if shown else math.nan,
+        f"final val top-1 minus the baseline's ({base}); simultaneous 95% intervals",
+        "difference to the baseline over seeds ("
+        + ("planned looks" if planned else "Holm over both directions")
         + ")",
+        path,
     )
+
+
+def effects_plot(rows: list[Any], min_effect: float, path: Path) -> None:
+    """Main effects and interactions with their simultaneous intervals, coloured by verdict,
+    and under each main effect that an interaction may change, its simple effects in grey."""
+    shown = [
+        # a simple effect has no verdict: drawn faint, under its main effect
+        (("↳ " if r.kind == "simple" else "") + r.name, r.estimate, r.low, r.high, r.verdict)
+        if r.kind != "simple"
+        else ("↳ " + r.name, r.estimate, r.low, r.high, "")
+        for r in rows
+        if not math.isnan(r.estimate)
+    ]
+    _interval_plot(
+        shown,
+        min_effect,
+        "effect on final val top-1 (contrast of cell means); simultaneous 95% intervals",
+        "effects per factor over seeds (↳ simple effects, faint: no verdict)",
+        path,
+    )
+
+
+def _interval_plot(
+    rows: list[tuple[str, float, float, float, str]],
+    min_effect: float,
+    xlabel: str,
+    title: str,
+    path: Path,
+) -> None:
+    """One horizontal interval per (label, estimate, low, high, verdict), top to bottom, with 0
+    and the ±min-effect band."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.45 * max(1, len(rows))))
+    ys = list(range(len(rows)))[::-1]  # the first row on top, as the tables read
+    for y, (_, estimate, low, high, verdict) in zip(ys, rows):
+        colour = VERDICT_COLOURS.get(verdict, "tab:grey" if verdict else "silver")
+        if not math.isnan(low):
+            ax.plot([low, high], [y, y], color=colour, lw=2 if verdict else 1)
+            for end in (low, high):
+                if end == 0 and verdict in ("better", "worse"):  # "> 0": an open end
+                    ax.plot(end, y, "o", mfc="white", color=colour, markersize=5)
+        ax.plot(estimate, y, "o", color=colour)
+        if verdict:
+            ax.annotate(
+                verdict, (estimate, y), fontsize=7, xytext=(0, 6), textcoords="offset points"
+            )
+    ax.axvline(0.0, color="black", lw=1)
+    if min_effect > 0:
+        ax.axvspan(
+            -min_effect, min_effect, color="tab:blue", alpha=0.08, label=f"±{min_effect:.4f}"
+        )
+        ax.legend(fontsize=7, loc="lower right")
+    ax.set_yticks(ys, [r[0] for r in rows], fontsize=8)
+    ax.set(xlabel=xlabel, title=title)
     ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -31,11 +31,20 @@ def sd_upper(sd: float, df: float, confidence: float = PLAN_CONFIDENCE) -> float
     return float(sd * math.sqrt(df / stats.chi2.ppf(1 - confidence, df)))
 
 
+def contrast_power(n: int, weights: list[float], effect: float, level: float) -> float:
+    """Power of a contrast's t-test at ``n`` seeds in every cell, one-sided ``level``, for a true
+    ``effect``. ``weights`` are the cells' c_i^2 sigma_i^2 (the contrast's variance with one seed
+    a cell): the SE is sqrt(sum w / n) and the Welch-Satterthwaite df (n - 1) (sum w)^2 / sum w^2,
+    which for two cells of one spread is the two-sample t's 2n - 2."""
+    total = sum(weights)
+    df = (n - 1) * total**2 / sum(w * w for w in weights)
+    noncentrality = effect / math.sqrt(total / n)
+    return float(stats.nct.sf(stats.t.ppf(1 - level, df), df, noncentrality))
+
+
 def t_power(n: int, sd: float, effect: float, level: float) -> float:
     """Power of a two-sample t-test (n seeds a side, one-sided ``level``) for a true ``effect``."""
-    df = 2 * n - 2
-    noncentrality = effect / (sd * math.sqrt(2 / n))
-    return float(stats.nct.sf(stats.t.ppf(1 - level, df), df, noncentrality))
+    return contrast_power(n, [sd * sd, sd * sd], effect, level)
 
 
 def seeds_needed(
@@ -43,14 +52,24 @@ def seeds_needed(
 ) -> int | None:
     """The fewest seeds per configuration that find ``effect`` with ``power`` (None: over
     ``limit``, or no effect to find)."""
-    if not (effect > 0 and sd > 0):
+    if not sd > 0:
         return None
-    if t_power(limit, sd, effect, level) < power:
+    return seeds_per_cell([sd * sd, sd * sd], effect, level, power, limit)
+
+
+def seeds_per_cell(
+    weights: list[float], effect: float, level: float, power: float = POWER, limit: int = 100_000
+) -> int | None:
+    """The fewest seeds in every cell that find ``effect`` with ``power`` through a contrast of
+    these ``weights`` (see ``contrast_power``); None: over ``limit``, or no effect to find."""
+    if not (effect > 0 and sum(weights) > 0):
+        return None
+    if contrast_power(limit, weights, effect, level) < power:
         return None
     low, high = 2, limit  # power rises with n: bisect for the first n that reaches it
     while low < high:
         mid = (low + high) // 2
-        if t_power(mid, sd, effect, level) >= power:
+        if contrast_power(mid, weights, effect, level) >= power:
             high = mid
         else:
             low = mid + 1

@@ -1,5 +1,6 @@
 """The files a sweep folder gets: ``summary.*`` per job and per configuration, ``compare.*``
-against the baseline. ``table`` and ``plots`` render; ``configs`` and ``compare`` compute."""
+against the baseline, ``effects.*`` per factor. ``table``, ``compare_table``, ``effects_table`` and
+``plots`` render; ``configs``, ``compare`` and ``effects`` compute."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from typing import Any
 from .compare import Options, compare
 from .compare_table import comparison_header, comparison_markdown, comparison_rows
 from .configs import configurations
+from .effects import Effects, effects, simple_effects_of
+from .effects_table import COLUMNS, effect_rows, effects_header, effects_markdown
 from .plan import load_plan
-from .plots import compare_plot, summary_plot
+from .plots import compare_plot, effects_plot, summary_plot
 from .records import GROUPS, METRICS, Run, find_runs
 from .table import config_markdown, config_rows, markdown, summary_rows
 
@@ -51,6 +54,21 @@ def write_summary(
     return rows
 
 
+# a plan spends its alpha on one family; a look at the other is not one of its looks
+_UNCOUNTED = " (the sweep's plan spends on {family}: this is a fixed-sample look it does not count)"
+
+
+def read_runs(paths: list[str | Path]) -> list[Run]:
+    """Every run under ``paths``, each once (a run folder may be given inside a sweep folder)."""
+    runs, seen = [], set()
+    for p in paths:
+        for run in find_runs(p):
+            if run.path.resolve() not in seen:
+                seen.add(run.path.resolve())
+                runs.append(run)
+    return runs
+
+
 def write_compare(
     paths: list[str | Path],
     out_dir: str | Path | None,
@@ -65,14 +83,11 @@ def write_compare(
     A single sweep folder with a plan from ``runs extend`` is compared look by look.
     """
     options = options or Options()
-    if runs is None:
-        runs, seen = [], set()
-        for p in paths:
-            for run in find_runs(p):
-                if run.path.resolve() not in seen:
-                    seen.add(run.path.resolve())
-                    runs.append(run)
+    runs = read_runs(paths) if runs is None else runs
     plan = load_plan(paths[0]) if len(paths) == 1 else None
+    fixed_note = ""
+    if plan is not None and plan.family != "configurations":
+        plan, fixed_note = None, _UNCOUNTED.format(family=plan.family)
     configs = configurations(runs)
     comparisons = compare(configs, baseline, options, plan)
     rows = comparison_rows(comparisons)
@@ -82,6 +97,7 @@ def write_compare(
     used = [c.baseline_n for c in comparisons if c.baseline_n]  # a planned look's seeds
     base_n = max(used) if used else len(base.ok) if base else 0
     header = comparison_header(base.label if base else "(none)", base_n, min_effect, alpha, plan)
+    header += fixed_note
     text = "\n".join([header, "", *comparison_markdown(rows)]) + "\n"
     if out_dir is not None:
         out = Path(out_dir)
@@ -94,3 +110,38 @@ def write_compare(
         if plot and comparisons:
             compare_plot(comparisons, out / "compare.png")
     return rows, text
+
+
+def write_effects(
+    paths: list[str | Path],
+    out_dir: str | Path | None,
+    reference: dict[str, str] | None = None,
+    plot: bool = True,
+    runs: list[Run] | None = None,
+    options: Options | None = None,
+) -> tuple[Effects, str]:
+    """The effects of the grid the runs under ``paths`` (or ``runs``) form; ``effects.csv``,
+    ``effects.md`` and ``effects.png`` in ``out_dir`` where they form one. Returns the effects
+    and the markdown text (for a set of runs that is no grid: one line saying why)."""
+    runs = read_runs(paths) if runs is None else runs
+    plan = load_plan(paths[0]) if len(paths) == 1 else None
+    result = effects(configurations(runs), reference, options, plan)
+    header = effects_header(result)
+    if plan is not None and result.plan is None and not result.grid.why_not:
+        header += _UNCOUNTED.format(family=plan.family)
+    text = effects_markdown(result, header)
+    if out_dir is not None and not result.grid.why_not:
+        out = Path(out_dir)
+        with (out / "effects.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
+            writer.writeheader()
+            writer.writerows(effect_rows(result))
+        (out / "effects.md").write_text(text)
+        if plot:
+            shown = []
+            for r in result.family:
+                shown.append(r)
+                if r.kind == "main":
+                    shown += simple_effects_of(result, r)
+            effects_plot(shown, result.min_effect, out / "effects.png")
+    return result, text

@@ -98,18 +98,47 @@ def welch(a: np.ndarray, b: np.ndarray) -> TTest | None:
     """Welch's t on the seeds' values of A and B; None where a side has fewer than 2 seeds or
     neither side varies (no spread to test against).
 
-    The Welch-Satterthwaite form is written out: it is what ``scipy.stats.ttest_ind(b, a,
+    The contrast B - A of two cells (``contrast``): what ``scipy.stats.ttest_ind(b, a,
     equal_var=False)`` computes (the test checks statistic, df and p against it), but the bounds
     need the SE and df themselves, and ttest_ind's ~0.3 ms a call would dominate the simulations.
     """
-    a, b = finite(a), finite(b)
-    if a.size < 2 or b.size < 2:
+    test = contrast([finite(a), finite(b)], [-1.0, 1.0])
+    return None if test is None else TTest(test.delta, test.se, test.df, "Welch t")
+
+
+def contrast(cells: list[np.ndarray], coefs: list[float]) -> TTest | None:
+    """L = sum c_i * mean_i of cells' seed values, SE = sqrt(sum c_i^2 s_i^2 / n_i) and the
+    Welch-Satterthwaite df (Satterthwaite 1946): (sum a_i)^2 / sum a_i^2 / (n_i - 1), with
+    a_i = c_i^2 s_i^2 / n_i. None where a cell it needs has fewer than 2 seeds (its spread is
+    unknown) or no cell varies.
+
+    Written here: scipy tests two samples only, and statsmodels' robust contrasts use normal
+    quantiles or df = N - p, both liberal when the cells' spreads differ (research note;
+    ``tests/test_effects.py`` shows this one calibrated by simulation).
+    """
+    used = [(np.asarray(x, np.float64), c) for x, c in zip(cells, coefs) if c != 0]
+    if any(x.size < 2 for x, _ in used):
         return None
-    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
-    if va + vb == 0.0:
+    parts = [c * c * x.var(ddof=1) / x.size for x, c in used]
+    var = sum(parts)
+    if var == 0.0:
         return None
-    df = (va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1))
-    return TTest(float(b.mean() - a.mean()), math.sqrt(va + vb), float(df), "Welch t")
+    df = var**2 / sum(a * a / (x.size - 1) for a, (x, _) in zip(parts, used))
+    delta = sum(c * x.mean() for x, c in used)
+    return TTest(float(delta), math.sqrt(var), float(df), "Welch-Satterthwaite t")
+
+
+def pooled_contrast(
+    cells: list[np.ndarray], coefs: list[float], sd: float, df: int
+) -> TTest | None:
+    """The contrast with one seed SD for every cell, pooled over the sweep (``pooled_sd``): one
+    seed a cell is enough, at the price of assuming equal spreads."""
+    used = [(np.asarray(x, np.float64), c) for x, c in zip(cells, coefs) if c != 0]
+    if any(x.size == 0 for x, _ in used) or df < 1 or not sd > 0:
+        return None
+    se = sd * math.sqrt(sum(c * c / x.size for x, c in used))
+    delta = sum(c * x.mean() for x, c in used)
+    return TTest(float(delta), se, float(df), f"pooled t ({df} df)")
 
 
 def pooled_sd(groups: list[np.ndarray]) -> tuple[float, int]:
@@ -127,11 +156,7 @@ def pooled_sd(groups: list[np.ndarray]) -> tuple[float, int]:
 
 def pooled(a: np.ndarray, b: np.ndarray, sd: float, df: int) -> TTest | None:
     """A t-test of B - A with a seed SD and df pooled over the sweep (one seed a side is enough)."""
-    a, b = finite(a), finite(b)
-    if a.size == 0 or b.size == 0 or df < 1 or not sd > 0:
-        return None
-    se = sd * math.sqrt(1 / a.size + 1 / b.size)
-    return TTest(float(b.mean() - a.mean()), se, float(df), f"pooled t ({df} df)")
+    return pooled_contrast([finite(a), finite(b)], [-1.0, 1.0], sd, df)
 
 
 def image_variance(correct_a: np.ndarray, correct_b: np.ndarray) -> float:

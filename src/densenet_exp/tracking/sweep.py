@@ -1,6 +1,6 @@
 """A sweep in MLflow: its driver opens the experiment and a parent run before any job starts
 (which also makes the database once, before jobs running side by side could race to), and the
-sweep's summary and comparison go to that run when the sweep, or ``runs extend``, ends."""
+sweep's summary, comparison and effects go to that run when the sweep, or ``runs extend``, ends."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from .store import (
 )
 
 if TYPE_CHECKING:
+    from ..runs.effects import Effects
     from ..runs.records import Run
 
 
@@ -59,10 +60,16 @@ def open_sweep(settings: MlflowLogger, sweep_dir: Path, overrides: list[str]) ->
 
 
 @best_effort
-def log_sweep(sweep_dir: Path, runs: list[Run], rows: list[dict[str, Any]], failed: int) -> None:
+def log_sweep(
+    sweep_dir: Path,
+    runs: list[Run],
+    rows: list[dict[str, Any]],
+    effects: Effects | None,
+    failed: int,
+) -> None:
     """When a sweep (or ``runs extend``) ends: its summary and comparison (``rows``, of its
-    ``runs`` as the caller read them) on the parent run, as files and as a tag and metrics per
-    configuration, and each job's verdict on the job."""
+    ``runs`` as the caller read them) and its effects on the parent run, as files and as a tag
+    and metrics per configuration and per effect, and each job's verdict on the job."""
     parent = read_record(sweep_dir / RUN_FILE)
     if parent is None:
         return
@@ -82,8 +89,16 @@ def log_sweep(sweep_dir: Path, runs: list[Run], rows: list[dict[str, Any]], fail
             value = row.get(name)
             if isinstance(value, (int, float)) and value == value:  # not NaN
                 metrics.append(Metric(f"{name}.{key}", float(value), now, 0))
+    for effect in effects.family if effects is not None else []:
+        key = key_name(effect.name)
+        tags.append(RunTag(f"effect.{key}", effect.verdict))
+        for name in ("estimate", "low", "high", "adjusted_p"):
+            value = getattr(effect, name)
+            if value == value:  # not NaN
+                metrics.append(Metric(f"effect_{name}.{key}", float(value), now, 0))
     store.call("comparison", client.log_batch, run_id, metrics=metrics, tags=tags)
-    for name in sorted(sweep_dir.glob("summary*")) + sorted(sweep_dir.glob("compare*")):
+    files = [sweep_dir.glob(f"{stem}*") for stem in ("summary", "compare", "effects")]
+    for name in [f for group in files for f in sorted(group)]:
         store.call(name.name, client.log_artifact, run_id, str(name))
     _tag_jobs(store, runs, verdicts)
     store.call("status", client.set_terminated, run_id, "FAILED" if failed else "FINISHED")

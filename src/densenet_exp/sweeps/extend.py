@@ -1,11 +1,14 @@
-"""``runs extend``: more seeds, only where the comparison is still open, at planned looks.
+"""``runs extend``: more seeds, only where the answer is still open, at planned looks.
 
-The first call writes the plan (``plan.Plan``: seeds per look doubling up to ``--max-seeds``, the
-minimum effect, the baseline, the test); each look then trains the next seeds of the baseline and
-of every configuration still undecided, through the sweep's own launcher (the ``hydra/launcher``
-and its settings recorded in ``multirun.yaml``) into the sweep's own folder, under the names the
-sweep gives its jobs, with seeds no run of the sweep has used. ``compare`` reads the plan and tests
-look j on each configuration's first n_j seeds at the level the plan spends there.
+The first call writes the plan (``plan.Plan``: the family it spends on, seeds per look doubling up
+to ``--max-seeds``, the minimum effect, the baseline, the test); each look then trains the next
+seeds through the sweep's own launcher (the ``hydra/launcher`` and its settings recorded in
+``multirun.yaml``) into the sweep's own folder, under the names the sweep gives its jobs, with seeds
+no run of the sweep has used. ``--by configurations`` (the default) trains the baseline and every
+configuration still undecided against it; ``--by effects`` trains every cell of the grid equally,
+so that each contrast's information grows as n_k / n_K and the spending carries over unchanged,
+until every main effect and interaction is decided. ``compare`` (or ``effects``) reads the plan and
+tests look j on the first n_j seeds at the level the plan spends there.
 """
 
 from __future__ import annotations
@@ -17,15 +20,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..metrics import Status
 from ..overrides import override_key, sweep_record
-from ..tracking.sweep import log_sweep
-from .compare import Options, compare, default_min_effect, seeded
-from .configs import Configuration, configurations, mark_baseline
-from .plan import Plan, load_plan, save_plan
-from .records import find_runs
-from .report import write_compare, write_summary
-from .verdicts import Verdict, doubling_looks
+from ..runs.compare import Options, compare, default_min_effect, seeded
+from ..runs.configs import Configuration, configurations, mark_baseline
+from ..runs.effects import effects
+from ..runs.grid import grid_of
+from ..runs.plan import Plan, load_plan, save_plan
+from ..runs.records import find_runs
+from ..runs.verdicts import Verdict, doubling_looks
+from .finish import finish_sweep
+
+FAMILIES = ("configurations", "effects")
+OPEN = (Verdict.undecided, Verdict.not_tested)
 
 # hydra overrides of the sweep that an extension must set for itself
 _OWN_HYDRA_KEYS = ("hydra.sweep.dir", "hydra.sweep.subdir", "hydra.mode", "hydra.run.dir")
@@ -39,6 +45,8 @@ def _new_plan(
     max_seeds: int | None,
     min_effect: float | None,
     options: Options,
+    by: str = "configurations",
+    reference: dict[str, str] | None = None,
 ) -> Plan:
     first = min(len(c.ok) for c in configs)
     if first < 1:
@@ -54,11 +62,15 @@ def _new_plan(
         options.alpha,
         pooled=options.pooled,
         images=options.images,
+        family=by,
+        reference=dict(reference or {}),
     )
 
 
-def _check_same(plan: Plan, max_seeds: int | None, min_effect: float | None) -> None:
+def _check_same(plan: Plan, max_seeds: int | None, min_effect: float | None, by: str) -> None:
     """A plan is fixed before its looks: changing it later would be looking at a fresh alpha."""
+    if by != plan.family:
+        raise ValueError(f"this sweep's plan spends on {plan.family}, not --by {by}")
     if max_seeds is not None and max_seeds != plan.looks[-1]:
         raise ValueError(f"this sweep's plan ends at {plan.looks[-1]} seeds, not {max_seeds}")
     if min_effect is not None and abs(min_effect - plan.min_effect) > 1e-12:
@@ -140,6 +152,31 @@ def _take_look(sweep: Path, record: dict[str, Any], plan: Plan, todo: list[Confi
     save_plan(sweep, plan)
 
 
+def _reference_cell(
+    configs: list[Configuration], reference: dict[str, str] | None
+) -> Configuration:
+    """The grid's reference cell (the effects' baseline); an error where the runs form no grid."""
+    grid = grid_of(configs, reference)
+    if grid.why_not:
+        raise ValueError(f"--by effects: {grid.why_not}")
+    base = grid.cells.get(tuple(grid.reference))
+    if base is None:
+        raise ValueError(f"--by effects: the reference cell {grid.name(tuple(grid.reference))} "
+                         "has no runs")  # fmt: skip
+    return base
+
+
+def _open(configs: list[Configuration], options: Options, plan: Plan) -> list[Configuration]:
+    """What the next look trains: by configurations, the baseline and every open comparison;
+    by effects, every cell while any effect is open (none once all are decided)."""
+    if plan.family == "effects":
+        result = effects(configs, None, options, plan)
+        return configs if any(r.verdict in OPEN for r in result.family) else []
+    rows = compare(configs, None, options, plan)
+    todo = [r.config for r in rows if r.verdict in OPEN]
+    return [rows[0].baseline, *todo] if todo else []
+
+
 def extend(
     sweep: str | Path,
     max_seeds: int | None = None,
@@ -148,8 +185,13 @@ def extend(
     options: Options | None = None,
     once: bool = False,
     plot: bool = True,
+    by: str = "configurations",
+    reference: dict[str, str] | None = None,
 ) -> Plan:
-    """Run the plan's looks until every comparison is decided or the last look is taken."""
+    """Run the plan's looks until every comparison (or effect) is decided or the last look is
+    taken."""
+    if by not in FAMILIES:
+        raise ValueError(f"--by {by}: valid choices are {', '.join(FAMILIES)}")
     sweep = Path(sweep)
     record = sweep_record(sweep)
     if record is None:
@@ -161,24 +203,23 @@ def extend(
     plan = load_plan(sweep)
     configs = configurations(find_runs(sweep))
     if plan is None:
-        base = mark_baseline(configs, baseline)
+        if by == "effects":
+            base = _reference_cell(configs, reference)
+        else:
+            base = mark_baseline(configs, baseline)
         if base is None:
             raise ValueError(f"no runs in {sweep}")
-        plan = _new_plan(configs, base, max_seeds, min_effect, options)
+        plan = _new_plan(configs, base, max_seeds, min_effect, options, by, reference)
         save_plan(sweep, plan)
     else:
-        _check_same(plan, max_seeds, min_effect)
+        _check_same(plan, max_seeds, min_effect, by)
     while not plan.final:
-        rows = compare(configs, None, options, plan)
-        open_ = [r.config for r in rows if r.verdict in (Verdict.undecided, Verdict.not_tested)]
-        if not open_:
+        todo = _open(configs, options, plan)
+        if not todo:
             break
-        _take_look(sweep, record, plan, [rows[0].baseline, *open_])
+        _take_look(sweep, record, plan, todo)
         configs = configurations(find_runs(sweep))
         if once:
             break
-    runs = find_runs(sweep)  # read once for the summary, the comparison and MLflow
-    jobs = write_summary(sweep, plot=plot, runs=runs)
-    rows, _ = write_compare([sweep], sweep, plot=plot, options=options, runs=runs)
-    log_sweep(sweep, runs, rows, sum(j["status"] != Status.ok for j in jobs))
+    finish_sweep(sweep, plot=plot, options=options)
     return plan
