@@ -540,6 +540,8 @@ def test_extend_by_effects_adds_the_same_seeds_to_every_cell_until_the_effects_a
     assert "fixed-sample look it does not count" in (sweep / "compare.md").read_text()
     with pytest.raises(ValueError, match="spends on effects, not --by configurations"):
         extend_module.extend(sweep)
+    assert main(["effects", str(sweep), "--min-effect", "0.05", "--no-plot"]) == 2  # plan fixed it
+    assert main(["effects", str(sweep), "--reference", "act=swish", "--no-plot"]) == 2
 
 
 def test_extend_by_effects_refuses_runs_that_are_no_grid(tmp_path):

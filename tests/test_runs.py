@@ -266,3 +266,11 @@ def test_rerun_switches_the_whole_group_and_equals_a_fresh_run(tmp_path):
 
 def test_write_summary_handles_an_empty_folder(tmp_path):
     assert write_summary(tmp_path) == []
+
+
+def test_the_choices_read_from_hydra_yaml_equal_the_whole_files_parse(tiny_sweep):
+    for hydra_file in sorted(tiny_sweep.glob("*/.hydra/hydra.yaml")):
+        whole = yaml.safe_load(hydra_file.read_text())["hydra"]["runtime"]["choices"]
+        run = load_run(hydra_file.parent.parent)
+        assert run.choices == {k: v for k, v in whole.items() if not k.startswith("hydra/")}
+        assert run.choices["act"] in ("relu", "swish")

@@ -37,10 +37,13 @@ NOT_CONFIGURATION = (
 )
 
 
+_NOT_CONFIGURATION_NODES = tuple(f"{k}." for k in NOT_CONFIGURATION)
+
+
 def is_configuration_key(key: str) -> bool:
     """Whether a key (``model.growth_rate``, ``logger.mlflow.enabled``) says what a run trains:
     not one of ``NOT_CONFIGURATION`` nor inside one of them."""
-    return not any(key == k or key.startswith(f"{k}.") for k in NOT_CONFIGURATION)
+    return key not in NOT_CONFIGURATION and not key.startswith(_NOT_CONFIGURATION_NODES)
 
 
 def override_key(override: str) -> str:

@@ -23,9 +23,10 @@ import csv
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # the run tools read these files without torch (a second of import)
+    import torch
 
 FINAL_FILE = "val_predictions.csv"
 BEST_FILE = "val_predictions.best.csv"
@@ -67,6 +68,8 @@ class PredictionSink:
         self.p_true.append(probs.gather(1, target[:, None]).squeeze(1).cpu())
 
     def local(self) -> dict[str, torch.Tensor]:
+        import torch
+
         if not self.index:
             return {}
         return {
@@ -76,6 +79,7 @@ class PredictionSink:
 
     def gather(self) -> dict[str, torch.Tensor] | None:
         """Every rank's rows on rank 0, sorted by index (None on the other ranks)."""
+        import torch
         import torch.distributed as dist
 
         mine = self.local()

@@ -177,9 +177,18 @@ def effects(
     options = options or Options()
     if plan is not None and plan.family != "effects":
         plan = None  # a plan that spends on configurations: this is a fixed-sample look
-    if plan is not None:
+    if plan is not None:  # the plan fixed the test, the min effect and the references
+        if options.min_effect not in (None, plan.min_effect):
+            raise ValueError(
+                f"this sweep's plan fixed the min effect at {plan.min_effect}, "
+                f"not {options.min_effect}"
+            )
+        if reference and reference != plan.reference:
+            raise ValueError(
+                f"this sweep's plan fixed the references {plan.reference or '(defaults)'}"
+            )
         options = Options(plan.alpha, plan.min_effect, plan.pooled, plan.images)
-        reference = reference or plan.reference
+        reference = plan.reference
     grid = grid_of(configs, reference)
     if grid.why_not:
         return Effects(grid, [], math.nan, options.alpha, plan)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import textwrap
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -102,8 +103,30 @@ class Run:
         return None
 
 
+# libyaml's loader where PyYAML was built with it: the same safe loading, ~10x faster, which is
+# most of what reading a sweep of hundreds of runs costs (each has three YAML files)
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _yaml(path: Path) -> Any:
-    return yaml.safe_load(path.read_text()) if path.is_file() else None
+    return yaml.load(path.read_text(), Loader=_LOADER) if path.is_file() else None
+
+
+# Hydra writes hydra.runtime.choices as a block of its own in hydra.yaml; of that file's ~500
+# nodes it is the only one the tools read, so it alone is parsed (the whole file where the block
+# is not where Hydra puts it). Tested equal to the full parse.
+_CHOICES_BLOCK = re.compile(r"^  runtime:\n(?:    .*\n)*?    choices:\n((?:      .*\n?)*)", re.M)
+
+
+def _choices(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    text = path.read_text()
+    block = _CHOICES_BLOCK.search(text)
+    if block is not None:
+        return yaml.load(textwrap.dedent(block.group(1)), Loader=_LOADER) or {}
+    full = yaml.load(text, Loader=_LOADER) or {}
+    return (full.get("hydra", {}).get("runtime", {}) or {}).get("choices", {}) or {}
 
 
 def load_run(path: str | Path) -> Run:
@@ -113,8 +136,7 @@ def load_run(path: str | Path) -> Run:
     hydra_dir = path / ".hydra"
     run = Run(path)
     run.overrides = list(_yaml(hydra_dir / "overrides.yaml") or [])
-    hydra_cfg = _yaml(hydra_dir / "hydra.yaml") or {}
-    choices = (hydra_cfg.get("hydra", {}).get("runtime", {}) or {}).get("choices", {}) or {}
+    choices = _choices(hydra_dir / "hydra.yaml")
     run.choices = {k: v for k, v in choices.items() if not k.startswith("hydra/")}
     run.config = _yaml(hydra_dir / "config.yaml") or {}
     if (path / SUMMARY_FILE).is_file():
