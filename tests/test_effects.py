@@ -487,6 +487,10 @@ def test_the_reference_levels_can_be_named_and_a_bad_one_names_the_choices(
     usual = {r.name: r for r in effects(configs).rows}
     flipped = {r.name: r for r in effects(configs, {"conv": "dsconv"}).rows}
     assert flipped["conv=standard"].estimate == pytest.approx(-usual["conv=dsconv"].estimate)
+    assert (
+        main(["effects", str(sweep), "--no-plot", "--reference", "conv=dsconv", "act=swish"]) == 0
+    )
+    assert "(reference conv=dsconv, act=swish)" in capsys.readouterr().out
     assert main(["effects", str(sweep), "--reference", "act=tanh"]) == 2
     assert "not a level of act; levels: relu, swish, prelu" in capsys.readouterr().err
     assert main(["effects", str(sweep), "--reference", "optim.lr=0.1"]) == 2

@@ -108,7 +108,9 @@ def _effect(text: str) -> float:
 def _level(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key or not value:
-        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. act=relu)")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not KEY=VALUE (e.g. act=relu); give --reference after the folders"
+        )
     return key, value
 
 
@@ -116,11 +118,12 @@ def _reference_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--reference",
         type=_level,
-        action="append",
+        nargs="+",
+        action="extend",
         default=[],
         metavar="KEY=VALUE",
-        help="a factor's reference level, once per factor (default: the sweep's default level, "
-        "as compare picks its baseline)",
+        help="the reference level of one or more factors, after the folders (default: the "
+        "sweep's default level, as compare picks its baseline)",
     )
 
 
