@@ -1,6 +1,6 @@
 """A sweep cut short and run again with ``trainer.resume=auto`` ends as if never cut, under the
-basic, joblib and submitit launchers (a file of its own: it is long, and pytest-xdist runs files
-side by side)."""
+basic, joblib, submitit and slots launchers (a file of its own: it is long, and pytest-xdist runs
+files side by side)."""
 
 import csv
 import os
@@ -41,6 +41,7 @@ LAUNCHERS = {
     "basic": [],
     "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
     "submitit_local": ["hydra/launcher=submitit_local"],
+    "slots": ["hydra/launcher=slots", "hydra.launcher.cores_per_job=1"],
 }
 
 

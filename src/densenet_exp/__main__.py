@@ -11,8 +11,12 @@ from omegaconf import DictConfig, OmegaConf
 from . import train
 from .config import config_dir
 from .overrides import NOT_IN_JOB_NAMES, override_key, override_value, sweep_record
+from .plugins import find_own_launcher
 
 log = logging.getLogger("densenet_exp")
+
+
+find_own_launcher()
 
 
 def _swept_keys(sweep_dir: str | None, sweeper_params: Any) -> set[str]:

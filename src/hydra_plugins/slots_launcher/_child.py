@@ -1,0 +1,50 @@
+"""One job in its own process: ``python -m hydra_plugins.slots_launcher._child PAYLOAD RESULT``.
+
+The launcher starts it with the slot's environment (CUDA_VISIBLE_DEVICES, thread counts) and
+affinity already in place, so they hold before anything in the job imports torch or CUDA. It runs
+the job as Hydra's own launchers do (``setup_globals``, the sweep config of its overrides,
+``run_job``) and leaves the ``JobReturn`` in RESULT.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import cloudpickle
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.singleton import Singleton
+from hydra.core.utils import run_job, setup_globals
+from omegaconf import open_dict
+
+
+def main(payload: str, result: str) -> None:
+    with open(payload, "rb") as f:
+        idx, overrides, hydra_context, config, task_function, singleton = cloudpickle.load(f)
+    setup_globals()
+    Singleton.set_state(singleton)
+    sweep_config = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+    with open_dict(sweep_config):
+        sweep_config.hydra.job.id = f"{sweep_config.hydra.job.name}_{idx}"
+        sweep_config.hydra.job.num = idx
+    HydraConfig.instance().set_config(sweep_config)
+    ret = run_job(
+        hydra_context=hydra_context,
+        config=sweep_config,
+        task_function=task_function,
+        job_dir_key="hydra.sweep.dir",
+        job_subdir_key="hydra.sweep.subdir",
+    )
+    try:
+        data = cloudpickle.dumps(ret)
+    except Exception:  # an exception or value that does not pickle: keep its text
+        ret._return_value = RuntimeError(repr(ret._return_value))
+        data = cloudpickle.dumps(ret)
+    tmp = f"{result}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, result)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])
