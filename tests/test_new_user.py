@@ -274,3 +274,29 @@ def test_submitit_sweep_jobs_are_named_as_under_the_basic_launcher(tmp_path):
     # what the basic launcher names these jobs (test_runs pins its naming on the shared sweep)
     basic = ["0_conv=standard", "1_conv=dsconv"]
     assert sweep_job_names(tmp_path, "submitit_local") == basic
+
+
+def test_a_sweep_job_closes_with_one_line_and_the_sweep_says_what_to_type_next(tmp_path):
+    from densenet_exp.closing import closing_block, sweep_next_steps
+
+    job = tmp_path / "sweep" / "3_act=swish,seed=1"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": {"mode": "MULTIRUN"}}))
+    summary = {"status": "completed", "final_val_top1": 0.9, "best_val_top1": 0.95, "wall_s": 75}
+    line = closing_block(job, summary)
+    top = "final val top-1 0.9000 (best 0.9500)"
+    assert line == f"job 3_act=swish,seed=1: completed, {top}, 1 min 15 s, {job}"
+    failed = closing_block(job, {"status": "failed", "error": "boom\nmore", "wall_s": 3})
+    assert failed == f"job 3_act=swish,seed=1: failed (boom), 3 s, {job}"
+    sweep = tmp_path / "sweep"
+    steps = sweep_next_steps(sweep, True, [], ["act=relu,swish"])
+    assert f"runs effects {sweep}" in steps and f"extend {sweep} --by effects" in steps
+    assert "resume" not in steps
+    steps = sweep_next_steps(
+        sweep, False, ["1_act=swish"], ["act=relu,swish", "trainer.resume=null"]
+    )
+    assert "effects" not in steps and "--by effects" not in steps
+    assert (
+        f"python -m densenet_exp -m act=relu,swish hydra.sweep.dir={sweep} trainer.resume=auto"
+        in steps
+    )

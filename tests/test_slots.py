@@ -155,13 +155,16 @@ def test_sigterm_to_the_sweep_stops_every_job_and_ends_the_sweep(tmp_path):
     cmd = [PYTHON, str(APP), "-m", "hydra/launcher=slots", f"hydra.sweep.dir={out}"]
     cmd += ["hydra.launcher.devices=[]", "sleep=60,61,62"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.time() + 60
-    while len(list(out.glob("*/started.json"))) < 2 and time.time() < deadline:
-        time.sleep(0.2)
-    pids = [json.loads(p.read_text())["pid"] for p in out.glob("*/started.json")]
-    assert len(pids) == 2  # two slots busy, the third job queued
-    proc.send_signal(signal.SIGTERM)
-    output = proc.communicate(timeout=60)[0].decode()
+    try:
+        deadline = time.time() + 60
+        while len(list(out.glob("*/started.json"))) < 2 and time.time() < deadline:
+            time.sleep(0.2)
+        pids = [json.loads(p.read_text())["pid"] for p in out.glob("*/started.json")]
+        assert len(pids) == 2  # two slots busy, the third job queued
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=60)[0].decode()
+    finally:
+        proc.kill()  # whatever failed above, no sweep is left running
     assert proc.returncode != 0 and "SIGTERM: stopping 2 running job(s); 1 not started" in output
     for pid in pids:  # no job left running
         with pytest.raises(ProcessLookupError):

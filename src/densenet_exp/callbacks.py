@@ -46,6 +46,11 @@ class SweepSummary(Callback):
             )
         if end.effects.grid.factors:  # a grid, or a line saying why these runs are none
             log.info("effects per factor (%s):\n%s", sweep_dir / "effects.md", end.effects_text)
+        from .closing import sweep_next_steps
+
+        task = [str(o) for o in config.hydra.overrides.task]
+        grid = bool(end.effects.rows)
+        log.info("%s", sweep_next_steps(sweep_dir, grid, end.failed, task))
         if end.failed:
             # SystemExit, not an exception: Hydra turns callback exceptions into warnings
             raise SystemExit(

@@ -71,9 +71,54 @@ def _command(program: str, args: list[str]) -> str:
     return " ".join([program, *(shlex.quote(a) for a in args)])
 
 
+def in_sweep(run_dir: Path) -> bool:
+    """Whether the run is a job of a sweep (Hydra's record says MULTIRUN)."""
+    hydra_node = (_yaml(Path(run_dir) / ".hydra" / "hydra.yaml") or {}).get("hydra", {})
+    return str(hydra_node.get("mode", "")) == "MULTIRUN"
+
+
+def job_line(run_dir: Path, summary: dict[str, Any]) -> str:
+    """A sweep job's closing line: job, status, top-1, wall time, folder. The sweep's own end
+    says what to type next, so that 72 jobs do not bury the sweep's progress under 6 lines each."""
+    status = summary.get("status", Status.completed)
+    wall = _duration(float(summary.get("wall_s") or 0.0))
+    final = summary.get("final_val_top1")
+    text = f"job {run_dir.name}: {status}"
+    if status == Status.completed and final is not None:
+        text += f", final val top-1 {final:.4f} (best {summary.get('best_val_top1'):.4f})"
+    elif status != Status.completed:
+        error = str(summary.get("error") or "").strip().splitlines()
+        text += f" ({error[0]})" if error else ""
+    return f"{text}, {wall}, {run_dir}"
+
+
+def sweep_next_steps(sweep_dir: Path, grid: bool, failed: list[str], task: list[str]) -> str:
+    """What to type when a sweep ends: its tables, more seeds, and how to finish it (failed
+    jobs)."""
+    sweep = shlex.quote(str(sweep_dir))
+    runs = "python -m densenet_exp.runs"
+    lines = [
+        "next:",
+        f"  summary:  {runs} summarize {sweep}",
+        f"  compare:  {runs} compare {sweep} [--baseline CONFIG]",
+    ]
+    if grid:
+        lines.append(f"  effects:  {runs} effects {sweep} [--reference KEY=VALUE ...]")
+    by = " --by effects" if grid else ""
+    lines.append(f"  extend:   {runs} extend {sweep}{by} --max-seeds N")
+    if failed:
+        again = [o for o in task if override_key(o) not in ("trainer.resume", "hydra.sweep.dir")]
+        args = ["-m", *again, f"hydra.sweep.dir={sweep_dir}", "trainer.resume=auto"]
+        lines.append(f"  resume:   {_command('python -m densenet_exp', args)}")
+    return "\n".join(lines)
+
+
 def closing_block(run_dir: Path, summary: dict[str, Any]) -> str:
-    """A few lines for the end of the log: status, best top-1 and its epoch, time, next steps."""
+    """A few lines for the end of the log: status, best top-1 and its epoch, time, next steps;
+    one line for a job of a sweep."""
     run_dir = Path(run_dir).resolve()
+    if in_sweep(run_dir):
+        return job_line(run_dir, summary)
     status = summary.get("status", Status.completed)
     wall = _duration(float(summary.get("wall_s") or 0.0))
     last = run_dir / "checkpoints" / "last.pt"

@@ -73,8 +73,9 @@ def _test(
         test = stats.contrast(values, coefs)
     if test is None:
         single = [grid.name(c) for c, v in zip(cells, values) if v.size < 2]
+        spread = "its seed spread is" if len(single) == 1 else "their seed spreads are"
         row.note = (
-            f"not tested: one seed in {', '.join(single)}, its seed spread is unknown "
+            f"not tested: one seed in {', '.join(single)}, {spread} unknown "
             "(--pooled borrows the sweep's)"
             if single
             else "not tested: no cell's seeds vary, no spread to test against"
