@@ -41,6 +41,14 @@ section "input pipeline: JPEG folder, densenet121 224px, batch 256, O1, channels
 timeout 420 $PY benchmarks/bench_input.py --device cuda --jpeg --jpeg-images 2048 --batch 256 --rounds 1 \
   --amp O1 --channels-last --steps 16 --skip-default --only per-image cache=ram cache=disk decode=gpu \
   2>&1 | grep '^[|#]'
+section "slots launcher: 8 jobs of the default model at 3 epochs, 1 and 2 and 4 jobs per GPU (slots.jsonl in \$OUT)"
+for k in 1 2 4; do
+  start=$(date +%s)
+  timeout 300 $PY -m densenet_exp -m hydra/launcher=slots hydra.launcher.jobs_per_gpu=$k \
+    act=relu,swish,prelu,gelu 'trainer.seed=range(2)' trainer.epochs=3 trainer.progress=false \
+    hydra.sweep.dir="$OUT/slots_$k" > "$OUT/slots_$k.log" 2>&1
+  echo "jobs_per_gpu=$k: exit $?, $(( $(date +%s) - start )) s for 8 jobs"
+done
 if [ "${COMPILE:-0}" = 1 ]; then  # opt-in: compiling two densenet121s takes minutes
   section "densenet121 224px, batch 256, O1, channels_last, torch.compile, vs torchvision"
   timeout 600 $PY benchmarks/bench_train.py --device cuda --model densenet121 --image-size 224 \

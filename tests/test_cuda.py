@@ -190,3 +190,27 @@ def test_jpegs_decode_on_the_gpu_close_to_pil_and_train(photos, tmp_path):  # no
     )
     summary = train(cfg, tmp_path / "run")
     assert summary["status"] == "completed" and summary["steps"] == 3
+
+
+def test_slots_give_each_sweep_job_its_own_gpu_or_pack_them_on_one(tmp_path):
+    """Under hydra/launcher=slots each job sees only its slot's GPU (cuda:0 inside the job);
+    jobs_per_gpu=2 runs two jobs on one GPU at once. The parent never initialises CUDA."""
+    import json
+    import subprocess
+
+    from conftest import PYTHON, ROOT
+
+    gpus = torch.cuda.device_count()
+    for name, extra in (("spread", []), ("packed", ["hydra.launcher.devices=[0]",
+                                                    "hydra.launcher.jobs_per_gpu=2"])):  # fmt: skip
+        out = tmp_path / name
+        cmd = [PYTHON, "-m", "densenet_exp", "-m", *TINY, "trainer.device=cuda", "act=relu,swish"]
+        cmd += ["hydra/launcher=slots", f"hydra.sweep.dir={out}", *extra]
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        rows = [json.loads(x) for x in (out / "slots.jsonl").read_text().splitlines()]
+        assert len(rows) == 2 and all(len(r["devices"]) == 1 for r in rows)
+        if name == "packed":
+            assert [r["devices"] for r in rows] == [["0"], ["0"]]
+        elif gpus > 1:
+            assert rows[0]["devices"] != rows[1]["devices"]

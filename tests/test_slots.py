@@ -196,3 +196,13 @@ def test_the_live_line_counts_the_jobs_and_estimates_the_time_left(monkeypatch):
         running=1, queued=0
     )  # hydra.launcher.progress=false
     assert quiet.getvalue() == ""
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_a_slot_runs_its_jobs_in_one_worker_unless_told_otherwise(tmp_path, reuse):
+    proc, out = sweep(tmp_path, "hydra.launcher.devices=[]", "hydra.launcher.max_parallel=1",
+                      f"hydra.launcher.reuse_workers={reuse}", "sleep=0,0.1,0.2")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pids = {json.loads((out / str(j) / "where.json").read_text())["pid"] for j in range(3)}
+    assert len(pids) == (1 if reuse else 3)
+    assert [r["slot"] for r in records(out)] == [0, 0, 0]  # max_parallel=1: one slot

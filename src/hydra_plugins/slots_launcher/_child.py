@@ -1,13 +1,17 @@
-"""One job in its own process: ``python -m hydra_plugins.slots_launcher._child PAYLOAD RESULT``.
+"""A slot's worker: ``python -m hydra_plugins.slots_launcher._child``, reading one job a line
+(``PAYLOAD<TAB>RESULT``) from stdin until it closes.
 
 The launcher starts it with the slot's environment (CUDA_VISIBLE_DEVICES, thread counts) and
-affinity already in place, so they hold before anything in the job imports torch or CUDA. It runs
-the job as Hydra's own launchers do (``setup_globals``, the sweep config of its overrides,
-``run_job``) and leaves the ``JobReturn`` in RESULT.
+affinity already in place, so they hold before anything in a job imports torch or CUDA; a slot's
+settings never change, so its worker runs the slot's jobs one after another and pays Python's
+and the job's imports once (4.5 s a job on the 2-core CPU when every job had a process of its
+own). Each job runs as Hydra's own launchers run it (``setup_globals``, the sweep config of its
+overrides, ``run_job``) and leaves its ``JobReturn`` in RESULT.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -46,5 +50,17 @@ def main(payload: str, result: str) -> None:
     os.replace(tmp, result)
 
 
+def serve() -> None:
+    for line in sys.stdin:
+        payload, result = line.rstrip("\n").split("\t")
+        main(payload, result)
+        # what a job leaves behind is not the next job's: its objects, and GPU memory that
+        # torch's allocator keeps cached
+        gc.collect()
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
+
+
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    serve()

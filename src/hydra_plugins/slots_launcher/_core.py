@@ -1,17 +1,18 @@
 """The slots launcher's queue: start a job on every free slot, refill a slot the moment its job
 ends (never in batches that wait for their slowest job), and return the results in job order.
 
-Each job is a child process (``_child``), started with its slot's ``CUDA_VISIBLE_DEVICES`` (with
-``CUDA_DEVICE_ORDER=PCI_BUS_ID``, the order nvidia-smi shows), ``OMP_NUM_THREADS`` and
-``MKL_NUM_THREADS`` and core affinity; this process never initialises CUDA. What ran where goes
-to ``<sweep>/slots.jsonl``, one line per job; a job that dies by a signal is a failed result
-naming it. SIGINT or SIGTERM stops every job (SIGTERM, SIGKILL after a grace period) and ends the
-sweep, and the kernel sends SIGTERM to a job whose sweep died; each job then resumes from its
-last checkpoint when the same command runs again with the app's resume option.
+Each slot has a worker process (``_child``) that runs the slot's jobs one after another, started
+with the slot's ``CUDA_VISIBLE_DEVICES`` (with ``CUDA_DEVICE_ORDER=PCI_BUS_ID``, the order
+nvidia-smi shows), ``OMP_NUM_THREADS`` and ``MKL_NUM_THREADS`` and core affinity; this process
+never initialises CUDA. What ran where goes to ``<sweep>/slots.jsonl``, one line per job; a job
+that dies by a signal is a failed result naming it (and its slot gets a new worker). SIGINT or
+SIGTERM stops every job (SIGTERM, SIGKILL after a grace period) and ends the sweep, and the kernel
+sends SIGTERM to the workers of a sweep that died; each job then resumes from its last checkpoint
+when the same command runs again with the app's resume option.
 
-Written here rather than on joblib or submitit: joblib's workers are reused processes whose
-environment is fixed when they start, and submitit's local executor gives every job the same
-devices (Hydra #2757).
+Written here rather than on joblib or submitit: joblib's workers take one environment for all
+(no per-job devices or cores), and submitit's local executor gives every job the same devices
+(Hydra #2757).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class Job:
     start: float = 0.0
     end: float = 0.0
     result: JobReturn | None = None
+    exit: int | None = None  # 0: it returned a result; else its worker's exit status
     note: str = ""
     files: dict[str, Path] = field(default_factory=dict)
 
@@ -90,18 +92,27 @@ def _in_slot(cores: set[int]) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
 
 
-def _start(job: Job, slot: Slot, payload: bytes, tmp: Path) -> None:
-    job.files = {"payload": tmp / f"{job.number}.pkl", "result": tmp / f"{job.number}.out"}
-    job.files["payload"].write_bytes(payload)
+def _worker(slot: Slot) -> subprocess.Popen:
+    """A slot's worker process (``_child``): the slot's environment and cores from its start."""
     cores = set(slot.cores)
-    job.slot, job.start = slot, time.time()
-    job.process = subprocess.Popen(
-        [sys.executable, "-m", CHILD, str(job.files["payload"]), str(job.files["result"])],
+    return subprocess.Popen(
+        [sys.executable, "-m", CHILD],
+        stdin=subprocess.PIPE,
+        text=True,
         env=_environment(slot),
         # in the sweep's process group (Ctrl-C, or a kill of the group, reaches every job, as
         # under the basic launcher), on its slot's cores, and told to stop if the sweep dies
         preexec_fn=lambda: _in_slot(cores),
     )
+
+
+def _start(job: Job, slot: Slot, worker: subprocess.Popen, payload: bytes, tmp: Path) -> None:
+    job.files = {"payload": tmp / f"{job.number}.pkl", "result": tmp / f"{job.number}.out"}
+    job.files["payload"].write_bytes(payload)
+    job.slot, job.process, job.start = slot, worker, time.time()
+    assert worker.stdin is not None
+    worker.stdin.write(f"{job.files['payload']}\t{job.files['result']}\n")
+    worker.stdin.flush()
     log.info(
         "job %d started on slot %d (GPUs %s, cores %s)",
         job.number,
@@ -109,6 +120,17 @@ def _start(job: Job, slot: Slot, payload: bytes, tmp: Path) -> None:
         ",".join(slot.gpus) or "-",
         ",".join(map(str, slot.cores)),
     )
+
+
+def _done(job: Job) -> int | None:
+    """None while the job runs; else 0 (it left its result) or its worker's exit status."""
+    assert job.process is not None
+    if job.files["result"].is_file():
+        return 0
+    code = job.process.poll()
+    if code is None or job.files["result"].is_file():  # (written just before its worker exited)
+        return None if code is None else 0
+    return code
 
 
 def _signal_name(code: int) -> str:
@@ -122,8 +144,9 @@ def _finish(job: Job, code: int) -> None:
     job.end = time.time()
     result = job.files["result"]
     if result.is_file():
-        job.result = cloudpickle.loads(result.read_bytes())
+        job.result, job.exit = cloudpickle.loads(result.read_bytes()), 0
         return
+    job.exit = code
     if code < 0:
         reason = f"job {job.number} was killed by {_signal_name(code)}"
         if code == -signal.SIGKILL:
@@ -145,7 +168,7 @@ def _status(job: Job) -> str:
 
 
 def _record(sweep_dir: Path, job: Job) -> None:
-    assert job.slot is not None and job.process is not None
+    assert job.slot is not None
     line = {
         "job": job.number,
         "overrides": list(job.overrides),
@@ -154,7 +177,7 @@ def _record(sweep_dir: Path, job: Job) -> None:
         "cores": list(job.slot.cores),
         "start": round(job.start, 3),
         "end": round(job.end, 3),
-        "exit": job.process.returncode,
+        "exit": job.exit,
         "status": _status(job),
     }
     with (sweep_dir / RECORD).open("a") as f:
@@ -205,20 +228,30 @@ class Progress:
             sys.stderr.write("\r\x1b[K")
 
 
-def _stop(running: list[Job]) -> None:
-    """SIGTERM to every running job, SIGKILL to those still there after the grace."""
-    for job in running:
-        assert job.process is not None
+def _retire(worker: subprocess.Popen) -> None:
+    """End a worker between jobs: no more input, and it exits."""
+    if worker.stdin is not None and not worker.stdin.closed:
+        with contextlib.suppress(BrokenPipeError):
+            worker.stdin.close()
+    try:
+        worker.wait(GRACE_S)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait()
+
+
+def _stop(workers: list[subprocess.Popen]) -> None:
+    """SIGTERM to every busy worker, SIGKILL to those still there after the grace."""
+    for worker in workers:
         with contextlib.suppress(ProcessLookupError):
-            job.process.send_signal(signal.SIGTERM)
+            worker.send_signal(signal.SIGTERM)
     deadline = time.time() + GRACE_S
-    for job in running:
-        assert job.process is not None
+    for worker in workers:
         try:
-            job.process.wait(max(0.0, deadline - time.time()))
+            worker.wait(max(0.0, deadline - time.time()))
         except subprocess.TimeoutExpired:
-            job.process.kill()
-            job.process.wait()
+            worker.kill()
+            worker.wait()
 
 
 def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
@@ -246,6 +279,8 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
         log.info("\t#%d : %s", job.number, " ".join(filter_overrides(job.overrides)))
     state = Singleton.get_state()
     queue, free, running = deque(jobs), list(slots), []
+    reuse = bool(launcher.settings.get("reuse_workers", True))
+    workers: dict[int, subprocess.Popen] = {}  # slot index -> its worker
     progress = Progress(len(jobs), len(slots), bool(launcher.settings.get("progress", True)))
     stop: list[int] = []
     handlers = {
@@ -256,22 +291,26 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
             while (queue or running) and not stop:
                 while queue and free:
                     job, slot = queue.popleft(), free.pop(0)
+                    if slot.index not in workers or workers[slot.index].poll() is not None:
+                        workers[slot.index] = _worker(slot)
                     payload = cloudpickle.dumps(
                         (job.number, job.overrides, launcher.hydra_context, launcher.config,
                          launcher.task_function, state)
                     )  # fmt: skip
-                    _start(job, slot, payload, Path(tmp))
+                    _start(job, slot, workers[slot.index], payload, Path(tmp))
                     running.append(job)
                 time.sleep(POLL_S)
                 for job in list(running):
-                    assert job.process is not None and job.slot is not None
-                    code = job.process.poll()
+                    code = _done(job)
                     if code is None:
                         continue
                     _finish(job, code)
                     _record(sweep_dir, job)
                     progress.ended(job)
                     running.remove(job)
+                    assert job.slot is not None
+                    if not reuse or code:
+                        _retire(workers.pop(job.slot.index))
                     free.append(job.slot)
                     free.sort(key=lambda s: s.index)
                 progress.show(len(running), len(queue))
@@ -283,10 +322,12 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
                     len(running),
                     len(queue),
                 )
-                _stop(running)
+                _stop([workers[j.slot.index] for j in running if j.slot is not None])
                 for job in running:
                     job.end = time.time()
                     _record(sweep_dir, job)
+            for worker in workers.values():
+                _retire(worker)
     finally:
         for s, handler in handlers.items():
             signal.signal(s, handler)

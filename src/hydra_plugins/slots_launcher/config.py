@@ -22,6 +22,9 @@ class SlotsLauncherConf:
     cores_per_job: Optional[int] = None
     # at most this many jobs at once (null: as many as there are slots)
     max_parallel: Optional[int] = None
+    # one worker process a slot, running its jobs in turn (imports paid once); false: a fresh
+    # process for every job
+    reuse_workers: bool = True
     # a live line (done / running / failed / queued, elapsed, time left) on a terminal
     progress: bool = True
 
