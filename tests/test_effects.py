@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import yaml
 from scipy import stats
+from test_verdicts import tolerance  # three binomial SEs of a simulated rate
 
 import densenet_exp.runs
 from densenet_exp.runs import configurations, find_runs, power
@@ -35,11 +36,6 @@ from densenet_exp.sweeps.cli import main
 ALPHA = 0.05
 REPS = 1000
 N_IMAGES = 1000
-
-
-def tolerance(rate: float, reps: int) -> float:
-    """Three binomial standard errors of a rate estimated from ``reps`` grids."""
-    return 3 * math.sqrt(rate * (1 - rate) / reps)
 
 
 class Cells:
@@ -581,7 +577,8 @@ def test_a_sweeps_end_writes_the_effects_and_tells_its_mlflow_parent_run(tmp_pat
 
 def test_the_run_tools_read_files_and_reach_up_to_nothing():
     """``runs/`` is below what launches jobs and tells trackers: none of its modules imports
-    ``sweeps``, ``tracking``, the engine or the callbacks (``__main__`` is the command's door)."""
+    ``sweeps``, ``tracking``, the engine or the callbacks, nor starts a process (``__main__`` is
+    the command's door)."""
     above = (
         "densenet_exp.sweeps",
         "densenet_exp.tracking",
@@ -595,3 +592,4 @@ def test_the_run_tools_read_files_and_reach_up_to_nothing():
         for name in above:
             relative = "from .." + name.split(".", 1)[1]
             assert name not in source and relative not in source, (module.name, name)
+        assert "subprocess" not in source, f"runs/{module.name}.py starts processes"

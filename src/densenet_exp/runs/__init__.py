@@ -1,9 +1,9 @@
-"""Run-directory tools (``python -m densenet_exp.runs``): summarize, compare, effects, diff,
-rerun."""
+"""Run-directory tools (``python -m densenet_exp.runs``): summarize, compare, effects, diff; they
+read run folders (``rerun`` and ``extend``, which launch jobs, are in ``sweeps``)."""
 
 from .compare import Comparison, compare
 from .configs import Configuration, configurations
-from .diff import diff_runs, format_diff, merge_overrides, rerun
+from .diff import diff_runs, format_diff, merge_overrides
 from .effects import Effects, effects
 from .records import Run, find_runs, flatten, load_run
 from .report import write_compare, write_effects, write_summary
@@ -23,7 +23,6 @@ __all__ = [
     "format_diff",
     "load_run",
     "merge_overrides",
-    "rerun",
     "summary_rows",
     "write_compare",
     "write_effects",

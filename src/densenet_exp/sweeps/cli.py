@@ -29,11 +29,12 @@ import sys
 from pathlib import Path
 
 from ..runs.compare import Options
-from ..runs.diff import diff_runs, format_diff, rerun
+from ..runs.diff import diff_runs, format_diff
 from ..runs.plots import COSTS
 from ..runs.records import load_run
 from ..runs.report import write_compare, write_effects, write_summary
 from .extend import FAMILIES, extend
+from .rerun import rerun
 
 
 def _parser() -> argparse.ArgumentParser:
