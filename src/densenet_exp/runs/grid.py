@@ -13,7 +13,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..overrides import override_key, sweep_record
+from ..overrides import override_key
 from .configs import Configuration, is_default, sweep_defaults
 from .records import Run, flatten
 
@@ -67,12 +67,6 @@ def _swept_keys(configs: list[Configuration]) -> list[str]:
     return keys
 
 
-def _is_search(configs: list[Configuration]) -> bool:
-    record = sweep_record(configs[0].runs[0].path.parent) if configs else None
-    choices = ((record or {}).get("hydra", {}).get("runtime", {}) or {}).get("choices", {}) or {}
-    return "optuna" in str(choices.get("hydra/sweeper", ""))
-
-
 def grid_of(configs: list[Configuration], reference: dict[str, str] | None = None) -> Grid:
     """The grid the configurations form (``why_not`` set where they form none).
 
@@ -82,7 +76,9 @@ def grid_of(configs: list[Configuration], reference: dict[str, str] | None = Non
     """
     reference = dict(reference or {})
     grid = Grid()
-    if _is_search(configs):
+    # the sweep's record, read once: its sweeper, and its defaults for the reference levels
+    choices, record = sweep_defaults(configs[0].runs[0]) if configs else ({}, {})
+    if "optuna" in str(choices.get("hydra/sweeper", "")):
         grid.why_not = (
             "an Optuna search, not a grid: no factorial effects (`runs compare` as before)"
         )
@@ -107,7 +103,10 @@ def grid_of(configs: list[Configuration], reference: dict[str, str] | None = Non
             )
             return grid
         grid.cells[cell] = c
-    grid.reference = [_reference(grid, i, reference, configs) for i in range(len(factors))]
+    defaults = (choices, record)
+    grid.reference = [
+        _reference(grid, i, reference, configs, defaults) for i in range(len(factors))
+    ]
     if len(factors) < 2:
         grid.why_not = (
             f"one configuration key varies ({factors[0]}): no factorial grid; `runs compare` "
@@ -123,7 +122,13 @@ def grid_of(configs: list[Configuration], reference: dict[str, str] | None = Non
     return grid
 
 
-def _reference(grid: Grid, i: int, named: dict[str, str], configs: list[Configuration]) -> str:
+def _reference(
+    grid: Grid,
+    i: int,
+    named: dict[str, str],
+    configs: list[Configuration],
+    defaults: tuple[dict[str, Any], dict[str, Any]],
+) -> str:
     key, levels = grid.factors[i], grid.levels[i]
     if key in named:
         if named[key] not in levels:
@@ -132,9 +137,8 @@ def _reference(grid: Grid, i: int, named: dict[str, str], configs: list[Configur
                 + ", ".join(levels)
             )
         return named[key]
-    choices, config = sweep_defaults(configs[0].runs[0])
     for level in levels:
-        if is_default(f"{key}={level}", choices, config):
+        if is_default(f"{key}={level}", *defaults):
             return level
     base = next((c for c in configs if c.baseline), configs[0])
     return factor_value(base.runs[0], key)
