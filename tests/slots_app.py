@@ -13,7 +13,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 
-from densenet_exp.plugins import find_own_launcher
+from densenet_exp.plugins import find_own_plugins
 
 
 @dataclass
@@ -25,7 +25,7 @@ class App:
 
 
 ConfigStore.instance().store(name="app", node=App)
-find_own_launcher()
+find_own_plugins()
 
 
 @hydra.main(version_base="1.3", config_path=None, config_name="app")

@@ -309,15 +309,16 @@ def test_extend_adds_seeds_only_to_the_open_comparisons_and_the_baseline(tmp_pat
     )
     launched = []
 
-    def fake_launch(sweep, record, config, seeds, first_number, look):
-        launched.append((config.label, seeds, first_number, look))
+    def fake_launch(sweep, record, batch, first_number, look):
+        launched.append(([(config.label, seeds) for config, seeds in batch], first_number, look))
         return 0
 
     monkeypatch.setattr(extend_module, "_launch", fake_launch)
     plan = extend_module.extend(tmp_path, max_seeds=6, min_effect=0.05)
     assert plan.looks == [3, 6] and plan.taken == 2 and plan.baseline == "act=relu"
-    # new seeds after every seed used, the same for each; job numbers after the sweep's
-    assert launched == [("act=relu", [3, 4, 5], 9, 2), ("act=mish", [3, 4, 5], 12, 2)]
+    # one launch for the look; new seeds after every seed used, the same for each; job numbers
+    # after the sweep's
+    assert launched == [([("act=relu", [3, 4, 5]), ("act=mish", [3, 4, 5])], 9, 2)]
     rows = list(csv.DictReader((tmp_path / "compare.csv").open()))
     assert {r["configuration"]: r["verdict"] for r in rows}["act=gelu"] == "equivalent"
     assert "planned look 2 of 2" in (tmp_path / "compare.md").read_text()

@@ -514,14 +514,22 @@ def test_extend_by_effects_adds_the_same_seeds_to_every_cell_until_the_effects_a
     rng = np.random.default_rng(10)
     launched = []
 
-    def fake_launch(sweep_dir, record, config, seeds, first_number, look):
+    def fake_launch(sweep_dir, record, batch, first_number, look):
         # trains the seeds: each new run's top-1 drawn as the cell's were
-        conv, act = (o.split("=")[1] for o in config.own)
-        for k, seed in enumerate(seeds):
-            top = 0.85 + 0.04 * (conv == "dsconv") + 0.03 * (act == "prelu") + rng.normal(0, 0.005)
-            name = f"{first_number + k}_conv={conv},act={act},seed={seed}"
-            fake_run(sweep_dir / name, {"conv": conv, "act": act}, seed, float(top))
-        launched.append((config.label, seeds, look))
+        number = first_number
+        for config, seeds in batch:
+            conv, act = (o.split("=")[1] for o in config.own)
+            for seed in seeds:
+                top = 0.85 + 0.04 * (conv == "dsconv") + 0.03 * (act == "prelu")
+                name = f"{number}_conv={conv},act={act},seed={seed}"
+                fake_run(
+                    sweep_dir / name,
+                    {"conv": conv, "act": act},
+                    seed,
+                    float(top + rng.normal(0, 0.005)),
+                )
+                number += 1
+            launched.append((config.label, seeds, look))
         return 0
 
     monkeypatch.setattr(extend_module, "_launch", fake_launch)

@@ -2,7 +2,9 @@
 
 import csv
 import importlib.util
+import itertools
 import json
+import os
 import shutil
 import subprocess
 
@@ -123,6 +125,10 @@ def test_extend_trains_more_seeds_through_the_sweeps_own_launcher_and_names(
 ):
     sweep = tmp_path / "sweep"
     shutil.copytree(tiny_sweep, sweep)
+    # as if the sweep had run under the slots launcher: a look's jobs go out through it at once
+    conf = yaml.safe_load((sweep / "multirun.yaml").read_text())
+    conf["hydra"]["overrides"]["hydra"].append("hydra/launcher=slots")
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump(conf))
     record = (sweep / "multirun.yaml").read_bytes()
     tracked = importlib.util.find_spec("mlflow") is not None  # the sweep's MLflow parent run
     if tracked:
@@ -147,6 +153,13 @@ def test_extend_trains_more_seeds_through_the_sweeps_own_launcher_and_names(
         o for o in old.overrides if "seed" not in o
     ]
     assert (sweep / "multirun.yaml").read_bytes() == record  # the sweep's record is untouched
+    # one multirun for the look's four jobs, side by side on the slots (one core each)
+    slots = [json.loads(line) for line in (sweep / ".extend/look2_4/slots.jsonl").open()]
+    assert sorted(s["job"] for s in slots) == [4, 5, 6, 7]
+    if len(os.sched_getaffinity(0)) >= 2:
+        assert any(
+            a["start"] < b["end"] and b["start"] < a["end"] for a, b in itertools.pairwise(slots)
+        )
     plan = json.loads((sweep / "extend.json").read_text())
     assert plan["looks"] == [2, 4] and plan["taken"] == 2
     assert plan["history"][0]["trained"] == {"act=relu": [2, 3], "act=swish": [2, 3]}

@@ -206,3 +206,25 @@ def test_a_slot_runs_its_jobs_in_one_worker_unless_told_otherwise(tmp_path, reus
     pids = {json.loads((out / str(j) / "where.json").read_text())["pid"] for j in range(3)}
     assert len(pids) == (1 if reuse else 3)
     assert [r["slot"] for r in records(out)] == [0, 0, 0]  # max_parallel=1: one slot
+
+
+def test_the_jobs_sweeper_launches_a_list_of_jobs_at_once_numbered_from_first_job_num(tmp_path):
+    """``hydra/sweeper=jobs`` (what ``runs extend`` sends a look through): jobs that are no
+    cartesian product, one batch, side by side on the launcher's slots, numbered on from an
+    earlier sweep's; a job may set its own folder."""
+    jobs = tmp_path / "jobs.yaml"
+    jobs.write_text("- [sleep=1, value=1]\n- [sleep=1, value=2, fail=true]\n"
+                    f"- [value=3, \"hydra.sweep.subdir='{tmp_path}/own,name'\"]\n")  # fmt: skip
+    proc, out = sweep(tmp_path, "hydra/sweeper=jobs", f"hydra.sweeper.jobs_file={jobs}",
+                      "hydra.sweeper.first_job_num=5", "hydra.launcher.devices=[]",
+                      "kill=false")  # fmt: skip
+    assert proc.returncode != 0 and "told to fail" in proc.stderr  # the failed job, at the end
+    rows = {r["job"]: r for r in records(out)}
+    assert sorted(rows) == [5, 6, 7] and overlapping([rows[5], rows[6]])
+    assert rows[6]["status"] == "failed" and rows[5]["status"] == rows[7]["status"] == "completed"
+    overrides = {n: r["overrides"] for n, r in rows.items()}
+    assert overrides[5] == ["kill=false", "sleep=1", "value=1"]  # the command line's, then its own
+    assert (out / "5" / "where.json").is_file() and (tmp_path / "own,name" / "where.json").is_file()
+    proc, _ = sweep(tmp_path, "hydra/sweeper=jobs", "hydra.sweeper.jobs=[['value=1']]", "sleep=1,2",
+                    name="swept")  # fmt: skip
+    assert proc.returncode != 0 and "sweeps sleep=1,2: list those jobs" in proc.stderr

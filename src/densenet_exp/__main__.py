@@ -11,12 +11,12 @@ from omegaconf import DictConfig, OmegaConf
 from . import train
 from .config import config_dir
 from .overrides import NOT_IN_JOB_NAMES, override_key, override_value, sweep_record
-from .plugins import find_own_launcher
+from .plugins import find_own_plugins
 
 log = logging.getLogger("densenet_exp")
 
 
-find_own_launcher()
+find_own_plugins()
 
 
 def _swept_keys(sweep_dir: str | None, sweeper_params: Any) -> set[str]:
@@ -73,8 +73,6 @@ def _sqlite_url(path: str) -> str:
 
 
 OmegaConf.register_new_resolver("densenet_exp.sqlite", _sqlite_url, replace=True)
-# ``runs extend`` numbers the jobs it adds after the sweep's: hydra.job.num + an offset
-OmegaConf.register_new_resolver("densenet_exp.add", lambda a, b: int(a) + int(b), replace=True)
 # conf/config.yaml's hydra.job.config.override_dirname.exclude_keys, from the same list
 OmegaConf.register_new_resolver(
     "densenet_exp.not_in_job_names", lambda: list(NOT_IN_JOB_NAMES), replace=True

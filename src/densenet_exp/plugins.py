@@ -1,14 +1,15 @@
-"""Hydra plugins shipped with the package (``hydra_plugins/slots_launcher``)."""
+"""Hydra plugins shipped with the package (``hydra_plugins/slots_launcher``, ``jobs_sweeper``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 
-def find_own_launcher() -> None:
-    """Let Hydra find ``hydra/launcher=slots`` under an editable install too.
+def find_own_plugins() -> None:
+    """Let Hydra find ``hydra/launcher=slots`` and ``hydra/sweeper=jobs`` under an editable
+    install too.
 
-    Hydra finds launchers by walking the ``hydra_plugins`` namespace package's folders; a wheel
+    Hydra finds plugins by walking the ``hydra_plugins`` namespace package's folders; a wheel
     puts ours in site-packages/hydra_plugins, but setuptools' editable install serves
     ``src/hydra_plugins`` through an import hook that such a walk cannot list. So an entry point
     adds the folder itself before Hydra starts (nothing changes where it is listed already).

@@ -2,13 +2,15 @@
 
 The first call writes the plan (``plan.Plan``: the family it spends on, seeds per look doubling up
 to ``--max-seeds``, the minimum effect, the baseline, the test); each look then trains the next
-seeds through the sweep's own launcher (the ``hydra/launcher`` and its settings recorded in
-``multirun.yaml``) into the sweep's own folder, under the names the sweep gives its jobs, with seeds
-no run of the sweep has used. ``--by configurations`` (the default) trains the baseline and every
-configuration still undecided against it; ``--by effects`` trains every cell of the grid equally,
-so that each contrast's information grows as n_k / n_K and the spending carries over unchanged,
-until every main effect and interaction is decided. ``compare`` (or ``effects``) reads the plan and
-tests look j on the first n_j seeds at the level the plan spends there.
+seeds of every configuration it adds to as one multirun (``hydra/sweeper=jobs``) through the
+sweep's own launcher (the ``hydra/launcher`` and its settings recorded in ``multirun.yaml``: side
+by side under the slots or joblib launcher) into the sweep's own folder, under the names the
+sweep gives its jobs, with seeds no run of the sweep has used. ``--by configurations`` (the
+default) trains the baseline and every configuration still undecided against it; ``--by effects``
+trains every cell of the grid equally, so that each contrast's information grows as n_k / n_K and
+the spending carries over unchanged, until every main effect and interaction is decided.
+``compare`` (or ``effects``) reads the plan and tests look j on the first n_j seeds at the level
+the plan spends there.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from ..overrides import override_key, sweep_record
 from ..runs.compare import Options, compare, default_min_effect, seeded
@@ -34,7 +38,14 @@ FAMILIES = ("configurations", "effects")
 OPEN = (Verdict.undecided, Verdict.not_tested)
 
 # hydra overrides of the sweep that an extension must set for itself
-_OWN_HYDRA_KEYS = ("hydra.sweep.dir", "hydra.sweep.subdir", "hydra.mode", "hydra.run.dir")
+_OWN_HYDRA_KEYS = (
+    "hydra.sweep.dir",
+    "hydra.sweep.subdir",
+    "hydra.mode",
+    "hydra.run.dir",
+    "hydra/sweeper",
+    "hydra.sweeper",
+)
 _JOB_NUMBER = re.compile(r"^(\d+)_")
 _SEED_SUFFIX = re.compile(r"(^|,)seed=[^,]*$")
 
@@ -87,40 +98,47 @@ def job_stem(run_name: str) -> str:
 def _launch(
     sweep: Path,
     record: dict[str, Any],
-    config: Configuration,
-    seeds: list[int],
+    batch: list[tuple[Configuration, list[int]]],
     first_number: int,
     look: int,
 ) -> int:
-    """Train ``seeds`` of ``config`` as one Hydra multirun whose jobs land in ``sweep``."""
-    ref = seeded(config)[0]
-    overrides = [o for o in ref.overrides if override_key(o) != "trainer.seed"]
+    """Train a look's new seeds, every configuration's, as one Hydra multirun through the sweep's
+    own launcher (side by side where it runs jobs in parallel), its jobs in ``sweep``."""
     hydra_node = record.get("hydra", {})
     hydra_overrides = [
         str(o)
         for o in hydra_node.get("overrides", {}).get("hydra", []) or []
-        if override_key(str(o)) not in _OWN_HYDRA_KEYS
+        if not override_key(str(o)).startswith(_OWN_HYDRA_KEYS)
     ]
-    stem = job_stem(ref.name)
-    name = f"{stem}," if stem else ""
-    subdir = f"{sweep.resolve()}/${{densenet_exp.add:${{hydra.job.num}},{first_number}}}_{name}"
+    jobs, number = [], first_number
+    for config, seeds in batch:
+        ref = seeded(config)[0]
+        overrides = [o for o in ref.overrides if override_key(o) != "trainer.seed"]
+        stem = job_stem(ref.name)
+        for seed in seeds:
+            name = f"{number}_{stem},seed={seed}" if stem else f"{number}_seed={seed}"
+            # quoted for Hydra: names hold = and ,; absolute, so the jobs land in the sweep
+            folder = f"hydra.sweep.subdir='{sweep / name}'"
+            jobs.append([*overrides, f"trainer.seed={seed}", folder])
+            number += 1
+        print(f"extend: {config.label}: seeds {', '.join(map(str, seeds))}", flush=True)
+    # the extension's own multirun.yaml, job list (and a launcher's logs) in a folder of its own
+    own = sweep / ".extend" / f"look{look}_{first_number}"
+    own.mkdir(parents=True, exist_ok=True)
+    (own / "jobs.yaml").write_text(yaml.safe_dump(jobs, width=1 << 16))
     cmd = [
         sys.executable,
         "-m",
         "densenet_exp",
         "-m",
-        *overrides,
-        f"trainer.seed={','.join(map(str, seeds))}",
-        # the sweep's own launcher and its settings; the jobs' folders in the sweep itself, while
-        # the extension's multirun.yaml (and a launcher's logs) go to a folder of their own
         *hydra_overrides,
-        f"hydra.sweep.dir={sweep.resolve()}/.extend/look{look}_{first_number}",
-        f"hydra.sweep.subdir='{subdir}seed=${{trainer.seed}}'",
-        "hydra.sweeper.params=null",  # a preset's sweep axes must not sweep again
+        "hydra/sweeper=jobs",
+        f"hydra.sweeper.jobs_file={own / 'jobs.yaml'}",
+        f"hydra.sweeper.first_job_num={first_number}",
+        f"hydra.sweep.dir={own}",
         "~hydra.callbacks.sweep_summary",  # the summary is written once, after the look
     ]
     cwd = hydra_node.get("runtime", {}).get("cwd")
-    print(f"extend: {config.label}: seeds {', '.join(map(str, seeds))}", flush=True)
     return subprocess.run(cmd, cwd=cwd if cwd and Path(cwd).is_dir() else None).returncode
 
 
@@ -131,20 +149,18 @@ def _take_look(sweep: Path, record: dict[str, Any], plan: Plan, todo: list[Confi
     numbers = [int(m.group(1)) for r in runs if (m := _JOB_NUMBER.match(r.name))]
     number = max(numbers, default=len(runs) - 1) + 1
     target = plan.looks[plan.taken]
-    launched = {}
-    for config in todo:
-        need = target - len(config.ok)
-        if need <= 0:
-            continue
-        seeds = list(range(next_seed, next_seed + need))  # the same new seeds for every one
-        _launch(sweep, record, config, seeds, number, plan.taken + 1)
-        launched[config.label] = seeds
-        number += need
+    batch = [
+        (config, list(range(next_seed, next_seed + need)))  # the same new seeds for every one
+        for config in todo
+        if (need := target - len(config.ok)) > 0
+    ]
+    if batch:
+        _launch(sweep.resolve(), record, batch, number, plan.taken + 1)
     plan.history.append(
         {
             "look": plan.taken + 1,
             "seeds": target,
-            "trained": launched,
+            "trained": {config.label: seeds for config, seeds in batch},
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
     )

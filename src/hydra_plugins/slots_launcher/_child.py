@@ -21,6 +21,18 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import run_job, setup_globals
 from omegaconf import open_dict
 
+PLUGIN_PATH = "SLOTS_LAUNCHER_PLUGIN_PATH"
+
+
+def see_parents_plugins() -> None:
+    """The folders the sweep's process had in ``hydra_plugins.__path__`` (an app may add its own,
+    as an editable install must): a job's pickled sweeper or callbacks may live in any of them."""
+    import hydra_plugins
+
+    for folder in filter(None, os.environ.get(PLUGIN_PATH, "").split(os.pathsep)):
+        if folder not in list(hydra_plugins.__path__):
+            hydra_plugins.__path__.append(folder)
+
 
 def main(payload: str, result: str) -> None:
     with open(payload, "rb") as f:
@@ -51,6 +63,7 @@ def main(payload: str, result: str) -> None:
 
 
 def serve() -> None:
+    see_parents_plugins()
     for line in sys.stdin:
         payload, result = line.rstrip("\n").split("\t")
         main(payload, result)

@@ -37,6 +37,7 @@ import cloudpickle
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
 
+from ._child import PLUGIN_PATH
 from ._slots import Slot, machine_gpus, plan, usable_cores
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,10 @@ def _slots(settings: dict[str, Any]) -> list[Slot]:
 
 
 def _environment(slot: Slot) -> dict[str, str]:
+    import hydra_plugins
+
     env = dict(os.environ)
+    env[PLUGIN_PATH] = os.pathsep.join(hydra_plugins.__path__)
     threads = str(len(slot.cores))
     env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     if slot.gpus:
