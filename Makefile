@@ -5,17 +5,18 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: run test lint format bench clean
+.PHONY: run test docs lint format bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev,sweep]"
 	touch $(STAMP)
 
-# the tests also read runs back through MLflow: its extra, which `make run` does not need
+# the tests also read runs back through MLflow, export ONNX and build the site: extras that
+# `make run` does not need
 TEST_STAMP := $(VENV)/.installed-test-stamp
 $(TEST_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev,sweep,mlflow]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev,sweep,mlflow,test]"
 	touch $(TEST_STAMP)
 
 run: $(STAMP)
@@ -28,6 +29,10 @@ run: $(STAMP)
 TEST_ARGS ?=
 test: $(TEST_STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile $(TEST_ARGS) tests
+
+# the documentation site on http://127.0.0.1:8000, rebuilt as its pages change
+docs: $(TEST_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -3,6 +3,7 @@
 import csv
 import json
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -207,23 +208,49 @@ def test_checkpoints_from_dsconv_prelu_syncbn_o2_ddp_runs_load_and_predict(tmp_p
     assert len(rows) == 9 and all(r["error"] is None and r["topk"] for r in rows)
 
 
-def test_torchscript_export_matches_the_eager_model(trained, tmp_path, capsys):
+def _load_exported(kind: str, path: Path):
+    """The exported file run by its own runtime, as a deployment would run it."""
+    if kind == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return lambda x: torch.from_numpy(session.run(["logits"], {"images": x.numpy()})[0])
+    if kind == "pt2":
+        return torch.export.load(str(path)).module()
+    return torch.jit.load(str(path))
+
+
+@pytest.mark.parametrize("kind", ["onnx", "pt2", "torchscript"])
+def test_an_export_computes_what_the_eager_model_does_at_any_batch_size(
+    trained, tmp_path, capsys, kind
+):
+    if kind == "onnx":
+        pytest.importorskip("onnxruntime", reason="the test extra installs onnx and onnxruntime")
     root, run = trained
-    target = tmp_path / "model.ts"
-    assert (
-        main(
-            [
-                f"checkpoint={run / 'checkpoints' / 'last.pt'}",
-                f"input={root / 'val' / 'red'}",
-                "export=torchscript",
-                f"export_path={target}",
-            ]
-        )
-        == 0
-    )
+    target = tmp_path / f"model.{kind}"
+    checkpoint = run / "checkpoints" / "last.pt"
+    args = [f"checkpoint={checkpoint}", f"input={root / 'val' / 'red'}", f"export={kind}"]
+    assert main([*args, f"export_path={target}"]) == 0
     assert target.is_file() and "max |exported - eager|" in capsys.readouterr().out
-    scripted = torch.jit.load(str(target))
-    assert scripted(torch.zeros(1, 3, 8, 8)).shape == (1, 3)
+    model, _ = load_model(checkpoint, torch.device("cpu"))
+    exported = _load_exported(kind, target)
+    for batch in (1, 5):  # neither is the batch it was exported with (the 3 red images)
+        x = torch.randn(batch, 3, 8, 8, generator=torch.Generator().manual_seed(batch))
+        with torch.no_grad():
+            want = model(x)
+            got = exported(x)
+        assert got.shape == (batch, 3)
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    if kind == "pt2":
+        assert main(args) == 0  # default path: beside the checkpoint, with its suffix
+        assert (run / "checkpoints" / "last.pt2").is_file()
+
+
+def test_an_unknown_export_is_refused_before_any_work(trained, capsys):
+    root, run = trained
+    args = [f"checkpoint={run / 'checkpoints' / 'last.pt'}", f"input={root}", "export=tflite"]
+    assert main(args) == 2
+    assert "export=tflite; valid choices: onnx, pt2, torchscript" in capsys.readouterr().err
 
 
 def test_bad_arguments_and_checkpoints_give_clear_errors(tmp_path, capsys):

@@ -46,20 +46,21 @@ from .parse import parse_count, parse_loss_scale
 
 @dataclass
 class ModelConfig:
-    name: str = "densenet_bc_digits"
-    growth_rate: int = 12
+    name: str = "densenet_bc_digits"  # the preset's name (model=...); printed and logged
+    growth_rate: int = 12  # k: feature maps each dense layer adds
     # layers per dense block; null when ``depth`` gives them (the paper's CIFAR presets)
     block_config: Optional[list[int]] = field(default_factory=lambda: [3, 3, 3])
     depth: Optional[int] = None  # CIFAR L: 3 blocks of (L-4)/3 layers, or (L-4)/6 with bottleneck
-    num_init_features: int = 24
+    num_init_features: int = 24  # feature maps the stem puts out
     bottleneck: bool = True  # "B": BN-act-1x1 conv to bn_size*k before each 3x3 conv
-    bn_size: int = 4
+    bn_size: int = 4  # bottleneck width in multiples of growth_rate
     compression: float = 0.5  # "C" when < 1: the share of feature maps a transition keeps
-    drop_rate: float = 0.0
-    stem: Stem = Stem.cifar
+    drop_rate: float = 0.0  # dropout after each dense layer
+    stem: Stem = Stem.cifar  # cifar: one 3x3 conv; imagenet: 7x7/s2 conv + 3x3/s2 max-pool
+    # recompute each dense layer's concatenation + BN in the backward pass (less memory, slower)
     memory_efficient: bool = False
-    # the same network and parameters either way. plain (models/densenet.py) for the default
-    # small model, where fast gains nothing (O0 1.04x, O1 0.86x: README); the named presets fast
+    # the same network and parameters either way: plain (models/densenet.py, the default small
+    # model's: fast gains nothing there) or fast (models/fast, every named preset's)
     impl: Impl = Impl.plain
     num_classes: Optional[int] = None  # null: the number of classes found in the data
     pretrained: Optional[str] = None  # a local torchvision-format state-dict file
@@ -67,42 +68,43 @@ class ModelConfig:
 
 @dataclass
 class ConvConfig:
+    # standard 3x3 conv, dsconv (depthwise 3x3 then pointwise 1x1) or custom (_target_)
     type: ConvType = ConvType.standard
-    kernel_size: int = 3
-    dilation: int = 1
+    kernel_size: int = 3  # of the dense layers' spatial conv
+    dilation: int = 1  # of the dense layers' spatial conv
     inner_bn: bool = True  # BN between depthwise and pointwise (dsconv only)
     # type=custom: the class, called as cls(in_channels, out_channels, **params) by Hydra
     _target_: Optional[str] = None
-    params: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)  # type=custom: keyword arguments
 
 
 @dataclass
 class ActConfig:
-    name: ActName = ActName.relu
-    prelu_init: float = 0.25
-    prelu_per_channel: bool = False
+    name: ActName = ActName.relu  # the activation after every BN; custom: _target_
+    prelu_init: float = 0.25  # name=prelu: the slope's starting value
+    prelu_per_channel: bool = False  # name=prelu: a slope per channel (else one per layer)
     # name=custom: the class, called as cls(**params), plus num_channels=C if it takes that
     _target_: Optional[str] = None
-    params: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)  # name=custom: keyword arguments
 
 
 @dataclass
 class NormConfig:
-    type: NormType = NormType.batch
+    type: NormType = NormType.batch  # batch: BatchNorm2d (SyncBatchNorm with sync_bn); custom
     # type=custom: the class, called with the channel count (as num_channels=/num_features= if
     # it takes either, e.g. torch.nn.GroupNorm, else first) and **params, by Hydra
     _target_: Optional[str] = None
-    params: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)  # type=custom: keyword arguments
 
 
 @dataclass
 class AmpConfig:
-    opt_level: OptLevel = OptLevel.O0
-    dtype: AmpDtype = AmpDtype.auto
+    opt_level: OptLevel = OptLevel.O0  # APEX's levels on torch.amp: O0 fp32 ... O3 all low dtype
+    dtype: AmpDtype = AmpDtype.auto  # the low dtype; auto: float16 on CUDA, bfloat16 on CPU
     keep_batchnorm_fp32: Optional[bool] = None  # null: the level's default
     master_weights: Optional[bool] = None  # null: the level's default
     loss_scale: Optional[str] = None  # null: the level's default; "dynamic" or a number
-    backend: AmpBackend = AmpBackend.native
+    backend: AmpBackend = AmpBackend.native  # apex: an error that explains apex.amp is gone
 
     def __post_init__(self) -> None:
         parse_loss_scale(self.loss_scale)  # a bad value fails when the config is made
@@ -115,25 +117,26 @@ class AmpConfig:
 
 @dataclass
 class InitConfig:
-    name: InitName = InitName.kaiming
+    name: InitName = InitName.kaiming  # conv and linear weights; default: torch's own init
     mode: InitMode = InitMode.fan_out  # kaiming only
     distribution: InitDistribution = InitDistribution.normal  # kaiming and xavier
 
 
 @dataclass
 class DataConfig:
-    name: DataName = DataName.digits
+    name: DataName = DataName.digits  # digits (embedded), imagefolder (your images), synthetic
     root: Optional[str] = None  # digits: its folder (null: ~/.cache/densenet_exp/digits)
-    train_dir: str = "train"
-    val_dir: str = "val"
-    val_split: float = 0.2
-    image_size: int = 16
+    train_dir: str = "train"  # imagefolder: the training split's folder under root
+    val_dir: str = "val"  # imagefolder: the validation split's folder under root
+    val_split: float = 0.2  # share held out for validation when there is no val folder
+    image_size: int = 16  # side of the square images the network sees
     batch_size: int = 64  # per rank
     num_workers: str = "0"  # loader workers per rank: "auto" (what the rank's cores allow) or N
-    pin_memory: bool = True
-    persistent_workers: bool = True
-    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
-    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    pin_memory: bool = True  # page-locked batches for faster copies to a GPU
+    persistent_workers: bool = True  # keep loader workers between epochs
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])  # per-channel normalisation
+    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])  # per-channel normalisation
+    # training augmentation: none, light (small affine jitter, no flips), imagenet (crop + flip)
     augment: Augment = Augment.light
     cache: CacheMode = CacheMode.auto  # decode once, keep uint8 in RAM (data/cache.py)
     # data.cache=disk's folder (null: .densenet_exp_cache in the data folder, or the user's cache)
@@ -141,13 +144,13 @@ class DataConfig:
     augment_on: AugmentOn = AugmentOn.auto  # where the train augmentation runs (data/augment.py)
     decode: DecodeOn = DecodeOn.cpu  # where uncached JPEGs are decoded (data/streamed.py)
     eval_crop_ratio: float = 1.0  # eval: resize to image_size / ratio, then center-crop image_size
-    shuffle: bool = True
-    on_bad_image: OnBadImage = OnBadImage.skip
+    shuffle: bool = True  # shuffle the training split every epoch
+    on_bad_image: OnBadImage = OnBadImage.skip  # an unreadable image: skip it (logged) or error
     split_seed: int = 0  # fixed seed of the train/val split when there is no val folder
-    # data=synthetic only: random images with a class-dependent signal
+    # data=synthetic (random images with a class-dependent signal): training images
     synthetic_train_size: int = 256
-    synthetic_val_size: int = 64
-    synthetic_classes: int = 10
+    synthetic_val_size: int = 64  # data=synthetic: validation images
+    synthetic_classes: int = 10  # data=synthetic: classes
 
     def __post_init__(self) -> None:
         parse_count(self.num_workers, "data.num_workers", 0)
@@ -160,19 +163,19 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    name: OptimName = OptimName.sgd
-    lr: float = 0.1
+    name: OptimName = OptimName.sgd  # sgd (momentum) or adamw
+    lr: float = 0.1  # peak learning rate, reached after the warmup
     momentum: float = 0.9  # sgd
     nesterov: bool = True  # sgd
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw
-    weight_decay: float = 1e-4
+    weight_decay: float = 1e-4  # decoupled for adamw, L2 for sgd
     no_decay_norm_bias: bool = True  # no weight decay on norm, bias and PReLU parameters
 
 
 @dataclass
 class SchedConfig:
-    name: SchedName = SchedName.cos
-    warmup_epochs: float = 1.0
+    name: SchedName = SchedName.cos  # the learning-rate schedule after the warmup, per step
+    warmup_epochs: float = 1.0  # linear warmup from 0 to optim.lr (fractions allowed)
     min_lr_ratio: float = 0.0  # cos/poly: final lr as a fraction of optim.lr
     power: float = 0.9  # poly
     step_size: int = 30  # step: epochs between decays
@@ -182,24 +185,24 @@ class SchedConfig:
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 15
+    epochs: int = 15  # training epochs
     max_steps: Optional[int] = None  # stop after this many optimizer steps (null: epochs decide)
-    device: DeviceName = DeviceName.auto
-    seed: int = 42
-    deterministic: bool = False
-    channels_last: bool = False
-    compile: bool = False
-    grad_accum: int = 1
+    device: DeviceName = DeviceName.auto  # auto: cuda when a GPU is visible, else cpu
+    seed: int = 42  # weights, data order and augmentation (a sweep varies it for replicas)
+    deterministic: bool = False  # deterministic kernels (slower), for bit-identical reruns
+    channels_last: bool = False  # NHWC memory format (faster convs on recent GPUs)
+    compile: bool = False  # torch.compile the model
+    grad_accum: int = 1  # micro-batches per optimizer step
     grad_clip: Optional[float] = None  # max global grad norm (null: no clipping)
-    loss: LossName = LossName.ce
-    focal_gamma: float = 2.0
-    label_smoothing: float = 0.0
+    loss: LossName = LossName.ce  # ce (cross-entropy) or focal
+    focal_gamma: float = 2.0  # loss=focal: the focusing exponent
+    label_smoothing: float = 0.0  # share of the target spread over the other classes
     ema: Optional[float] = None  # EMA decay of the weights, e.g. 0.999 (null: off)
     eval_every: int = 1  # epochs
     ckpt_every_n_steps: int = 0  # 0: only at the end of each epoch
     resume: Optional[str] = None  # null, "auto" (this run dir's last.pt) or a checkpoint path
-    progress: bool = True
-    log_every_n_steps: int = 50
+    progress: bool = True  # a progress bar on a terminal
+    log_every_n_steps: int = 50  # train loss to train.log and the loggers every N steps
     max_nonfinite_steps: int = 5  # stop after this many consecutive steps with a non-finite loss
     # CPU, memory_efficient: hand glibc's freed heap pages back to the OS during a step (heap.py)
     heap_trim: bool = True
@@ -208,11 +211,12 @@ class TrainerConfig:
 @dataclass
 class DistConfig:
     nproc_per_node: str = "auto"  # "auto": one rank per visible GPU, or 1 on CPU
-    nnodes: int = 1
+    nnodes: int = 1  # machines; > 1: the same command on each, with one rdzv_endpoint
+    # host:port of the rendezvous (torch elastic c10d); port 0 on one machine: a free port
     rdzv_endpoint: str = "localhost:0"
-    rdzv_id: str = "densenet_exp"
-    backend: DistBackend = DistBackend.auto
-    timeout_s: int = 300
+    rdzv_id: str = "densenet_exp"  # the rendezvous's name, the same on every machine
+    backend: DistBackend = DistBackend.auto  # auto: nccl on GPUs, gloo on CPU
+    timeout_s: int = 300  # how long ranks wait for each other (collectives, rendezvous)
 
     def __post_init__(self) -> None:
         parse_count(self.nproc_per_node, "dist.nproc_per_node", 1)
@@ -260,7 +264,7 @@ class Config:
     sched: SchedConfig = field(default_factory=SchedConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     dist: DistConfig = field(default_factory=DistConfig)
-    sync_bn: bool = False
+    sync_bn: bool = False  # BatchNorm statistics over every rank (SyncBatchNorm)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 

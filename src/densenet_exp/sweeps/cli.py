@@ -37,13 +37,14 @@ from .extend import FAMILIES, extend
 from .rerun import rerun
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def parser() -> argparse.ArgumentParser:
+    """The ``runs`` command line (its commands' help is the docs' reference page too)."""
+    top = argparse.ArgumentParser(
         prog="python -m densenet_exp.runs",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = top.add_subparsers(dest="command", required=True)
     s = sub.add_parser("summarize", help="tables (csv, md) and picture of every run under a folder")
     s.add_argument("dir", type=Path)
     s.add_argument("--no-plot", action="store_true")
@@ -89,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("run", type=Path)
     r.add_argument("overrides", nargs="*")
     r.add_argument("--out", type=Path, help="run directory of the rerun (default: outputs/...)")
-    return parser
+    return top
 
 
 def _positive_int(text: str) -> int:
@@ -226,7 +227,7 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parser().parse_args(argv)
     try:
         COMMANDS[args.command](args)
     except (FileNotFoundError, ValueError) as e:
