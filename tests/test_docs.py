@@ -222,3 +222,11 @@ def test_the_site_builds_strict_and_its_reference_shows_every_key(tmp_path):
     runs = (site / "reference" / "runs" / "index.html").read_text()
     assert "--by {configurations,effects}" in runs and "runs extend" in runs
     assert "build_model" in (site / "reference" / "api" / "index.html").read_text()
+
+
+def test_the_readme_is_a_front_page_and_no_document_tells_how_it_was_developed():
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 150
+    story = re.compile(r"\bsessions?\b|\bstints?\b", re.I)  # figures carry dates and commits
+    for path in [*DOCS, ROOT / "benchmarks" / "RESULTS.md"]:
+        found = [line for line in path.read_text().splitlines() if story.search(line)]
+        assert found == [], (path, found[:3])
