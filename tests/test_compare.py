@@ -324,3 +324,28 @@ def test_extend_adds_seeds_only_to_the_open_comparisons_and_the_baseline(tmp_pat
     assert "planned look 2 of 2" in (tmp_path / "compare.md").read_text()
     with pytest.raises(ValueError, match="plan ends at 6 seeds, not 8"):
         extend_module.extend(tmp_path, max_seeds=8)
+
+
+def test_the_summary_picture_names_configurations_apart_and_counts_epochs_as_metrics_jsonl(
+    tmp_path,
+):
+    from densenet_exp.runs.plots import summary_figure
+
+    history = [{"epoch": e, "step": 10 * e, "val_top1": 0.5 + 0.1 * e} for e in range(3)]
+    for k, act in enumerate(("relu", "swish", "prelu")):
+        for seed in range(2):
+            correct = errors_at(range(5 + k + seed))
+            # swish and prelu at the same cost: their points share an x
+            summary = {"macs_per_image": 4e6 if act == "relu" else 2e6}
+            fake_run(tmp_path / f"{2 * k + seed}_act={act}", act, seed, summary, correct, history)
+    configs = configurations(find_runs(tmp_path))
+    fig = summary_figure(configs)
+    left, right = fig.axes
+    assert [list(line.get_xdata()) for line in left.get_lines()] == [[0, 1, 2]] * 3
+    assert "from 0" in left.get_xlabel()
+    assert list(right.texts) == []  # no label written beside a point, where two could overlap
+    named = [t.get_text() for t in right.get_legend().get_texts()]
+    assert sorted(named) == sorted(
+        [f"{c.label}{' (baseline)' if c.baseline else ''} (n=2)" for c in configs]
+        + ["Pareto front"]
+    )

@@ -9,9 +9,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from .config.choices import Choice
 from .data.decode import load_image
 
-KINDS = ("onnx", "pt2", "torchscript")
+
+class ExportKind(Choice):
+    onnx = "onnx"  # torch's exporter (torch.export underneath), run by onnxruntime
+    pt2 = "pt2"  # torch.export's program
+    torchscript = "torchscript"  # deprecated by torch, kept while torch has it
+
+
+KINDS = tuple(k.value for k in ExportKind)
 # beside the checkpoint: last.pt -> last.onnx, last.pt2, last.torchscript.pt
 SUFFIX = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".torchscript.pt"}
 

@@ -32,7 +32,8 @@ def _curve(config: Configuration) -> tuple[np.ndarray, np.ndarray, np.ndarray] |
     for run in config.runs:
         for row in run.history:
             if "val_top1" in row:
-                by_epoch.setdefault(int(row["epoch"]) + 1, []).append(float(row["val_top1"]))
+                # counted as metrics.jsonl counts them: the first epoch is 0
+                by_epoch.setdefault(int(row["epoch"]), []).append(float(row["val_top1"]))
     if not by_epoch:
         return None
     epochs = np.array(sorted(by_epoch))
@@ -61,15 +62,25 @@ def pareto_front(points: list[tuple[float, float]], cost_lower_is_better: bool) 
 
 
 def summary_plot(configs: list[Configuration], path: Path, cost: str = "macs") -> None:
-    """Left: val top-1 per epoch, mean line and +-std band per configuration. Right: final val
-    top-1 (mean, 95% CI bars) against the chosen cost, the Pareto front ringed, the baseline
-    drawn as a star."""
+    """``summary_figure`` written to ``path``."""
+    plt = _pyplot()
+    fig = summary_figure(configs, cost)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def summary_figure(configs: list[Configuration], cost: str = "macs") -> Any:
+    """Left: val top-1 per epoch (from 0, as metrics.jsonl counts), mean line and +-std band per
+    configuration. Right: final val top-1 (mean, 95% CI bars) against the chosen cost, the Pareto
+    front ringed, the baseline drawn as a star; configurations named in a legend beside it, since
+    configurations of the same cost (conv=dsconv with any activation) share an x and their
+    labels, written beside the points, fell on top of each other."""
     if cost not in COSTS:
         raise ValueError(f"unknown cost {cost!r}; valid choices: {', '.join(COSTS)}")
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5.5))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(16, 5.5))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     points = []
     for n, config in enumerate(configs):
@@ -91,8 +102,12 @@ def summary_plot(configs: list[Configuration], path: Path, cost: str = "macs") -
             markerfacecolor="none",
             label="Pareto front",
         )
-        right.legend(fontsize=7, loc="lower right")
-    left.set(xlabel="epoch", ylabel="val top-1", title="validation top-1: mean ± std over seeds")
+        right.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    left.set(
+        xlabel="epoch (from 0, as in metrics.jsonl)",
+        ylabel="val top-1",
+        title="validation top-1: mean ± std over seeds",
+    )
     right.set(
         xlabel=COSTS[cost][2], ylabel="final val top-1", title="accuracy (mean, 95% CI) vs cost"
     )
@@ -102,8 +117,7 @@ def summary_plot(configs: list[Configuration], path: Path, cost: str = "macs") -
     if any(_curve(c) is not None for c in configs):
         left.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def _label(config: Configuration) -> str:
@@ -137,9 +151,8 @@ def _cost_point(
         markersize=14 if config.baseline else 6,
         color=colour,
         capsize=3,
+        label=f"{_label(config)} (n={iv.n})",
     )
-    label = f"{_label(config)} (n={iv.n})"
-    ax.annotate(label, (x, iv.mean), fontsize=7, xytext=(4, 4), textcoords="offset points")
     return x, iv.mean
 
 
