@@ -151,6 +151,12 @@ def test_slurm_rendezvous_uses_the_first_node_and_the_job_id(monkeypatch):
     cfg = {"rdzv_endpoint": "slurm:29555", "rdzv_id": "exp"}
     assert du.rendezvous(cfg) == ("node08:29555", "exp-4242")
     assert du.rendezvous({"rdzv_endpoint": "host:1", "rdzv_id": "x"}) == ("host:1", "x")
+    # no port: one from the job id, so the jobs of an array that share a first node never share it
+    ports = set()
+    for job in ("4242", "4243"):
+        monkeypatch.setenv("SLURM_JOB_ID", job)
+        ports.add(du.rendezvous({"rdzv_endpoint": "slurm", "rdzv_id": "exp"})[0])
+    assert ports == {"node08:24242", "node08:24243"}
     monkeypatch.delenv("SLURM_JOB_NODELIST")
     with pytest.raises(ValueError, match="outside a SLURM job"):
         du.rendezvous(cfg)

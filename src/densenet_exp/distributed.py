@@ -155,7 +155,12 @@ def expand_nodelist(nodelist: str) -> list[str]:
 
 
 def rendezvous(dist_cfg: DistConfig | Any) -> tuple[str, str]:
-    """``(endpoint, run id)``; ``slurm`` or ``slurm:PORT`` means the job's first node and job id."""
+    """``(endpoint, run id)``; ``slurm`` or ``slurm:PORT`` means the job's first node and job id.
+
+    Without a port, the port comes from the job id (20000-29999, below Linux's ephemeral range):
+    jobs of an array often share a first node, and on one fixed port the job that hosted the
+    rendezvous store took it down on finishing while its neighbour still used it (a sweep of
+    two-node jobs then hung)."""
     dist_cfg = node(DistConfig, dist_cfg, "dist")
     endpoint, run_id = dist_cfg.rdzv_endpoint, dist_cfg.rdzv_id
     if endpoint.split(":")[0] != "slurm":
@@ -163,8 +168,9 @@ def rendezvous(dist_cfg: DistConfig | Any) -> tuple[str, str]:
     nodelist = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST")
     if not nodelist:
         raise ValueError("dist.rdzv_endpoint=slurm outside a SLURM job (no SLURM_JOB_NODELIST)")
-    port = endpoint.split(":")[1] if ":" in endpoint else "29400"
     job = os.environ.get("SLURM_JOB_ID", run_id)
+    digits = re.sub(r"\D", "", job)
+    port = endpoint.split(":")[1] if ":" in endpoint else str(20000 + int(digits or 0) % 10000)
     return f"{expand_nodelist(nodelist)[0]}:{port}", f"{run_id}-{job}"
 
 
