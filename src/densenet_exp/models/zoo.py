@@ -67,22 +67,30 @@ def _imagenet(name: str, num_classes: int, options: dict[str, Any]) -> DenseNet:
 
 
 def densenet121(num_classes: int = 1000, **options: Any) -> DenseNet:
+    """DenseNet-121 (k=32, blocks (6, 12, 24, 16)). With no ``options``: torchvision's architecture
+    and parameter names. ``options``: ``bn_size``, ``compression``, ``drop_rate``, ``stem``,
+    ``memory_efficient``, ``bottleneck``, ``impl`` and the ``act``, ``conv``, ``norm`` and
+    ``init`` nodes as dicts (``conv={"type": "dsconv"}``), as the config names them."""
     return _imagenet("densenet121", num_classes, options)
 
 
 def densenet161(num_classes: int = 1000, **options: Any) -> DenseNet:
+    """DenseNet-161 (k=48, blocks (6, 12, 36, 24)); ``options`` as for ``densenet121``."""
     return _imagenet("densenet161", num_classes, options)
 
 
 def densenet169(num_classes: int = 1000, **options: Any) -> DenseNet:
+    """DenseNet-169 (k=32, blocks (6, 12, 32, 32)); ``options`` as for ``densenet121``."""
     return _imagenet("densenet169", num_classes, options)
 
 
 def densenet201(num_classes: int = 1000, **options: Any) -> DenseNet:
+    """DenseNet-201 (k=32, blocks (6, 12, 48, 32)); ``options`` as for ``densenet121``."""
     return _imagenet("densenet201", num_classes, options)
 
 
 def densenet264(num_classes: int = 1000, **options: Any) -> DenseNet:
+    """DenseNet-264 (k=32, blocks (6, 12, 64, 48)); ``options`` as for ``densenet121``."""
     return _imagenet("densenet264", num_classes, options)
 
 
