@@ -16,7 +16,7 @@ from densenet_exp.data.imagefolder import build_imagefolder_splits
 from densenet_exp.precision import PrecisionError, describe, resolve_spec
 from densenet_exp.predict import gather_inputs
 from densenet_exp.predict import main as predict_main
-from densenet_exp.process import JOB_CORES_ENV, cores_per_rank, job_cores
+from densenet_exp.process import JOB_CORES_ENV, cores_per_rank, job_cores, too_few_cores
 from densenet_exp.sweeps.cli import main as runs_main
 
 COLOURS = {"cat": (200, 30, 30), "dog": (30, 30, 200)}
@@ -130,6 +130,17 @@ def test_num_workers_auto_takes_what_the_cores_allow_and_a_number_is_kept(monkey
     monkeypatch.delenv(JOB_CORES_ENV)
     assert job_cores() >= 1
     assert compose_cfg(["data=imagefolder", "data.root=x"]).data.num_workers == "auto"
+
+
+def test_more_cpu_ranks_than_cores_is_said_with_the_fix(monkeypatch):
+    """A 2-rank job on a one-core slot (the slots launcher's CPU default) runs, but slowly: the
+    run says so and names the launcher key that gives the job its cores."""
+    monkeypatch.setenv(JOB_CORES_ENV, "1")
+    said = too_few_cores(2)
+    assert "2 CPU ranks on 1 core(s)" in said and "hydra.launcher.cores_per_job=2" in said
+    assert too_few_cores(1) is None
+    monkeypatch.setenv(JOB_CORES_ENV, "4")
+    assert too_few_cores(2) is None and too_few_cores(4) is None
 
 
 def test_the_loader_gets_the_resolved_worker_count(digits_root):

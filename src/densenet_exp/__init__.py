@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ def train(cfg: Any, run_dir: str | Path | None = None) -> dict[str, Any]:
     from .data import check_decode
     from .engine import run_rank, spawned_rank
     from .models import check_model_config
+    from .process import too_few_cores
     from .tracking.store import check_settings
 
     cfg = to_typed(cfg)
@@ -55,6 +57,8 @@ def train(cfg: Any, run_dir: str | Path | None = None) -> dict[str, Any]:
     if du.under_external_launcher() or (nproc == 1 and cfg.dist.nnodes == 1):
         return run_rank(cfg, str(run_dir))
     _prepare_data_once(cfg.data)
+    if device.type == "cpu" and (crowded := too_few_cores(nproc)):
+        logging.getLogger("densenet_exp").warning(crowded)
     from .engine.guards import RelayPreemption
 
     with RelayPreemption():  # under submitit: its requeue, once the ranks have checkpointed

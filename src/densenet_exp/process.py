@@ -40,6 +40,19 @@ def cores_per_rank(local_world_size: int) -> int:
     return max(1, job_cores() // max(1, local_world_size))
 
 
+def too_few_cores(nproc: int) -> str | None:
+    """What to say when a job starts more CPU ranks than it has cores (they would share them and
+    each run slower than one rank would); None when every rank has a core of its own."""
+    cores = job_cores()
+    if nproc <= cores:
+        return None
+    return (
+        f"{nproc} CPU ranks on {cores} core(s): the ranks share cores and each runs slower; "
+        f"lower dist.nproc_per_node, or in a sweep under hydra/launcher=slots give each job "
+        f"hydra.launcher.cores_per_job={nproc}"
+    )
+
+
 def share_cores_between_jobs(n_jobs: int) -> None:
     """Several jobs side by side in their own processes (joblib): each gets its share."""
     threads = max(1, job_cores() // n_jobs)
