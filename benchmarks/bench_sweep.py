@@ -5,8 +5,9 @@ to its end (summary, comparison and effects included), and each job's own wall t
                                      [--out DIR] [-- EXTRA OVERRIDES]
 
 The sweep is the worked example's (docs/worked-example.md): ``experiment=ablation_conv_act``
-(conv x act x 3 seeds, 18 jobs) at ``--epochs``. joblib runs ``n_jobs`` = the cores this process may use; slots uses its defaults
-(one job a core on a machine without GPUs, one a GPU on a GPU machine). Launchers run one after the
+(conv x act x 3 seeds, 18 jobs) at ``--epochs``. joblib runs ``n_jobs`` = the cores this process
+may use; slots uses its defaults (one job a core on a machine without GPUs, one a GPU on a GPU
+machine). Launchers run one after the
 other, never at once, so that each has the machine to itself.
 """
 
