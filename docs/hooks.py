@@ -7,7 +7,6 @@ of every ``python -m densenet_exp.runs`` command, from its argparse), ``predict`
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 
@@ -15,14 +14,12 @@ MARKER = re.compile(r"<!-- generated: (\w+) -->")
 
 
 def _runs() -> str:
-    from densenet_exp.sweeps.cli import parser
+    from densenet_exp.sweeps.cli import parser, subcommands
 
     os.environ["COLUMNS"] = "100"  # argparse wraps at the terminal's width: fix it
     top = parser()
     out = ["```text", top.format_help().rstrip(), "```"]
-    # the one public way to reach argparse's subcommands is the action that holds them
-    commands = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
-    for name, sub in commands.choices.items():
+    for name, sub in subcommands(top).items():
         out += ["", f"## `runs {name}`", "", "```text", sub.format_help().rstrip(), "```"]
     return "\n".join(out)
 

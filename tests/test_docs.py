@@ -25,6 +25,7 @@ from densenet_exp.config.reference import config_keys
 from densenet_exp.plugins import find_own_plugins
 from densenet_exp.predict import PredictConfig
 from densenet_exp.sweeps.cli import parser as runs_parser
+from densenet_exp.sweeps.cli import subcommands
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 FENCE = re.compile(r"^```.*?$(.*?)^```", re.S | re.M)
@@ -119,14 +120,13 @@ def test_each_documented_training_command_composes(where, args):
 def test_each_documented_runs_command_exists_with_its_options(where, args):
     parser = runs_parser()
     parser.exit_on_error = False
-    # argparse's subcommands are reached through the action that holds them
-    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    for sub in commands.choices.values():  # the subcommands' parsers must not exit either
+    commands = subcommands(parser)
+    for sub in commands.values():  # the subcommands' parsers must not exit either
         sub.exit_on_error = False
     if not args:  # the tool named in passing
         return
     if "--help" in args or "-h" in args:  # a help line: the command must exist
-        assert args[:1] in ([], ["--help"], ["-h"]) or args[0] in commands.choices, where
+        assert args[:1] in ([], ["--help"], ["-h"]) or args[0] in commands, where
         return
     err = io.StringIO()
     try:

@@ -19,7 +19,6 @@ class ExportKind(Choice):
     torchscript = "torchscript"  # deprecated by torch, kept while torch has it
 
 
-KINDS = tuple(k.value for k in ExportKind)
 # beside the checkpoint: last.pt -> last.onnx, last.pt2, last.torchscript.pt
 SUFFIX = {"onnx": ".onnx", "pt2": ".pt2", "torchscript": ".torchscript.pt"}
 
@@ -69,7 +68,7 @@ def export_model(model: nn.Module, kind: str, path: Path, example: torch.Tensor)
     stays free in onnx and pt2)."""
     writers = {"onnx": _onnx, "pt2": _pt2, "torchscript": _torchscript}
     if kind not in writers:
-        raise ValueError(f"unknown export {kind!r}; valid choices: {', '.join(KINDS)}")
+        raise ValueError(f"unknown export {kind!r}; valid choices: {ExportKind.valid()}")
     model = model.float().eval()
     example = example.float()
     if len(example) < 2:  # a batch of one would fix the batch size at 1 in torch.export

@@ -101,6 +101,5 @@ def comparison_header(
         f"{alpha:.0%} family-wise ({method}); min effect ±{min_effect:.4f}{errors}"
     )
     if plan is not None:
-        looks = ", ".join(map(str, plan.looks))
-        text += f"; planned look {plan.taken} of {len(plan.looks)} (seeds {looks})"
+        text += plan.look_note("seeds")
     return text

@@ -176,6 +176,5 @@ def effects_header(result: Effects) -> str:
         f"±{result.min_effect:.4f}"
     )
     if plan is not None:
-        looks = ", ".join(map(str, plan.looks))
-        text += f"; planned look {plan.taken} of {len(plan.looks)} (seeds a cell {looks})"
+        text += plan.look_note("seeds a cell")
     return text

@@ -41,6 +41,11 @@ class Plan:
     def final(self) -> bool:
         return self.taken >= len(self.looks)
 
+    def look_note(self, seeds: str) -> str:
+        """``; planned look 2 of 3 (seeds 3, 6, 12)``, for a report's header line."""
+        looks = ", ".join(map(str, self.looks))
+        return f"; planned look {self.taken} of {len(self.looks)} ({seeds} {looks})"
+
 
 def load_plan(folder: str | Path) -> Plan | None:
     path = Path(folder) / PLAN_FILE

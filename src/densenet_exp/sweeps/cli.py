@@ -93,6 +93,13 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def subcommands(top: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """``parser()``'s commands by name (argparse reaches them only through the action holding
+    them): the docs' reference page and their checks read each command's own parser."""
+    action = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
