@@ -80,8 +80,28 @@ def sbatch(args: list[str]) -> int:
     return 0
 
 
+def _await_folder(path: str, timeout_s: float = 30.0) -> None:
+    """Wait for the folder of a task's log: submitit makes ``%A_%a/`` only once sbatch has told it
+    the job id, and this stand-in starts a task at once, where SLURM's queue gives it the time."""
+    folder = Path(path).parent
+    deadline = time.monotonic() + timeout_s
+    while not folder.is_dir() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    folder.mkdir(parents=True, exist_ok=True)
+
+
 def _run(job: str, index: str) -> int:
-    """One array task: run its script until it ends without a pending requeue."""
+    """One array task: its script run until it ends without a pending requeue; a task that could
+    not even start is FAILED, never left PENDING (a sweep waiting on it would hang)."""
+    try:
+        return _run_task(job, index)
+    except BaseException:
+        task = json.loads(_task_file(job, index).read_text())
+        _save(_task_file(job, index), {**task, "state": "FAILED"})
+        raise
+
+
+def _run_task(job: str, index: str) -> int:
     spec = json.loads((STATE / f"job_{job}.json").read_text())
     opts, restarts = spec["opts"], 0
     nodes = int(opts.get("nodes", 1))
@@ -102,6 +122,8 @@ def _run(job: str, index: str) -> int:
         }
         out = _pattern(opts.get("output", "/dev/null"), job, index)
         err = _pattern(opts.get("error", "/dev/null"), job, index)
+        _await_folder(out)
+        _await_folder(err)
         with open(out, "a") as stdout, open(err, "a") as stderr:
             proc = subprocess.Popen(
                 ["bash", spec["script"]],

@@ -158,9 +158,8 @@ def rendezvous(dist_cfg: DistConfig | Any) -> tuple[str, str]:
     """``(endpoint, run id)``; ``slurm`` or ``slurm:PORT`` means the job's first node and job id.
 
     Without a port, the port comes from the job id (20000-29999, below Linux's ephemeral range):
-    jobs of an array often share a first node, and on one fixed port the job that hosted the
-    rendezvous store took it down on finishing while its neighbour still used it (a sweep of
-    two-node jobs then hung)."""
+    jobs of an array often share a first node, and on one fixed port a second job would find the
+    first one's rendezvous store there."""
     dist_cfg = node(DistConfig, dist_cfg, "dist")
     endpoint, run_id = dist_cfg.rdzv_endpoint, dist_cfg.rdzv_id
     if endpoint.split(":")[0] != "slurm":
